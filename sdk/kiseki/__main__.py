@@ -1,0 +1,3 @@
+from kiseki.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""Wire models shared by the SDK and the service.
+
+These pydantic models are the REST API's contract: the service validates requests with them and the
+SDK parses responses with them. The SDK never imports the service; the service imports these.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Self
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+# Documented limits (MLflow's, where it has one).
+MAX_KEY_LENGTH = 250
+"""Longest metric, param or tag key."""
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_VALUE_LENGTH = 8000
+MAX_EXPERIMENT_NAME_LENGTH = 500
+MAX_RUN_NAME_LENGTH = 500
+MAX_POINTS_PER_BATCH = 100_000
+"""Most metric points one logging batch may carry (row and columnar forms together)."""
+MAX_PARAMS_PER_BATCH = 1000
+MAX_TAGS_PER_BATCH = 1000
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+# Postgres text cannot hold NUL, and no key or name needs one.
+_NO_NUL = r"^[^\x00]*$"
+
+Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH, pattern=_NO_NUL)]
+ParamValue = Annotated[str, StringConstraints(max_length=MAX_PARAM_VALUE_LENGTH, pattern=_NO_NUL)]
+TagValue = Annotated[str, StringConstraints(max_length=MAX_TAG_VALUE_LENGTH, pattern=_NO_NUL)]
+ExperimentName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_EXPERIMENT_NAME_LENGTH, pattern=r"^[^\x00]*\S[^\x00]*$"),
+]
+RunName = Annotated[str, StringConstraints(max_length=MAX_RUN_NAME_LENGTH, pattern=_NO_NUL)]
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+Millis = Annotated[int, Field(ge=0, le=INT64_MAX, description="Epoch milliseconds.")]
+ExperimentId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$"), Field(description="Decimal id.")]
+
+
+class _Model(BaseModel):
+    """NaN and ±inf are valid metric values; JSON has no literal for them, so they travel as the strings
+    "NaN", "Infinity" and "-Infinity" (which every model here also accepts as floats)."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+
+class _Request(_Model):
+    """Requests reject unknown fields, so a typo is an error rather than a silently ignored option."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
+
+
+class LifecycleStage(StrEnum):
+    ACTIVE = "active"
+    DELETED = "deleted"
+
+
+class ViewType(StrEnum):
+    ACTIVE_ONLY = "active_only"
+    DELETED_ONLY = "deleted_only"
+    ALL = "all"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "RUNNING"
+    SCHEDULED = "SCHEDULED"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+# --- experiments ------------------------------------------------------------------------------------
+
+
+class Experiment(_Model):
+    experiment_id: str
+    name: str
+    artifact_location: str
+    lifecycle_stage: LifecycleStage
+    creation_time: int
+    last_update_time: int
+    tags: dict[str, str] = {}
+
+
+class ExperimentCreate(_Request):
+    name: ExperimentName
+    artifact_location: Annotated[str, StringConstraints(max_length=2000, pattern=_NO_NUL)] | None = None
+    tags: dict[Key, TagValue] = {}
+
+
+class ExperimentGetOrCreateResult(_Model):
+    experiment: Experiment
+    created: bool = Field(description="True when this call created the experiment.")
+
+
+class ExperimentUpdate(_Request):
+    name: ExperimentName
+
+
+class ExperimentList(_Model):
+    experiments: list[Experiment]
+    next_page_token: str | None = None
+
+
+class TagSet(_Request):
+    key: Key
+    value: TagValue
+
+
+# --- runs -------------------------------------------------------------------------------------------
+
+
+class RunInfo(_Model):
+    run_id: str = Field(description="32 lowercase hex digits.")
+    experiment_id: str
+    run_name: str
+    status: RunStatus
+    start_time: int
+    end_time: int | None = None
+    lifecycle_stage: LifecycleStage
+    artifact_uri: str
+    parent_run_id: str | None = None
+
+
+class RunData(_Model):
+    params: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    metrics: dict[str, float] = Field(default={}, description="Latest value of each metric key.")
+
+
+class Run(_Model):
+    info: RunInfo
+    data: RunData
+
+
+class RunCreate(_Request):
+    experiment_id: ExperimentId
+    run_name: RunName | None = None
+    start_time: Millis | None = None
+    status: RunStatus = RunStatus.RUNNING
+    tags: dict[Key, TagValue] = {}
+    parent_run_id: UUID | None = None
+
+
+class RunUpdate(_Request):
+    status: RunStatus | None = None
+    end_time: Millis | None = None
+    run_name: RunName | None = None
+
+
+class RunList(_Model):
+    runs: list[Run]
+    next_page_token: str | None = None
+
+
+# --- logging ----------------------------------------------------------------------------------------
+
+
+class Metric(_Model):
+    key: Key
+    value: float = Field(description="NaN, Infinity and -Infinity are valid values.")
+    step: Int64 = 0
+    timestamp: Millis | None = Field(default=None, description="Defaults to the server's clock.")
+
+
+class Param(_Model):
+    key: Key
+    value: ParamValue
+
+
+class RunTag(_Model):
+    key: Key
+    value: TagValue
+
+
+class MetricColumns(_Request):
+    """The points of one metric key as parallel arrays: the compact form for large batches."""
+
+    values: list[float]
+    steps: list[Int64] | None = Field(default=None, description="Defaults to 0 for every point.")
+    timestamps: list[Millis] | None = Field(default=None, description="Defaults to the server's clock.")
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> Self:
+        n = len(self.values)
+        for name in ("steps", "timestamps"):
+            column = getattr(self, name)
+            if column is not None and len(column) != n:
+                raise ValueError(f"'{name}' has {len(column)} entries but 'values' has {n}")
+        return self
+
+
+class LogBatch(_Request):
+    """Params, tags and metric points for one run, applied all together or not at all."""
+
+    batch_id: UUID | None = Field(
+        default=None, description="Client-generated id: a batch retried with the same id is applied once."
+    )
+    metrics: list[Metric] = []
+    metric_columns: dict[Key, MetricColumns] = {}
+    params: Annotated[list[Param], Field(max_length=MAX_PARAMS_PER_BATCH)] = []
+    tags: Annotated[list[RunTag], Field(max_length=MAX_TAGS_PER_BATCH)] = []
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        points = len(self.metrics) + sum(len(c.values) for c in self.metric_columns.values())
+        if points > MAX_POINTS_PER_BATCH:
+            raise ValueError(f"a batch may carry at most {MAX_POINTS_PER_BATCH} metric points, got {points}")
+        return self
+
+    @field_validator("params", "tags")
+    @classmethod
+    def _no_conflicting_keys(cls, items: list[Any]) -> list[Any]:
+        seen: dict[str, str] = {}
+        for item in items:
+            if seen.setdefault(item.key, item.value) != item.value:
+                raise ValueError(f"key '{item.key}' is given twice with different values")
+        return items
+
+
+class LogBatchResult(_Model):
+    applied: bool = Field(description="False when a batch with this batch_id had already been applied.")
+    points: int = Field(description="Metric points in the batch.")
+
+
+class MetricHistory(_Model):
+    """Points of one metric as parallel arrays, ordered by (step, timestamp, arrival)."""
+
+    key: str
+    steps: list[int]
+    timestamps: list[int]
+    values: list[float] = Field(description="Non-finite values are the strings NaN, Infinity, -Infinity.")
+    next_page_token: str | None = None
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+
+class ErrorDetail(_Model):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(_Model):
+    error: ErrorDetail

@@ -1,0 +1,1 @@
+"""The kiseki tracking service: aiohttp + asyncpg on Postgres."""

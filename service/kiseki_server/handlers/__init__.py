@@ -1,0 +1,1 @@
+"""HTTP handlers by resource. Each module exports ROUTES; handlers only parse, call a store, respond."""

@@ -1,0 +1,26 @@
+"""Storage classes: raw SQL on asyncpg, returning pydantic models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from kiseki_server.stores.experiments import ExperimentStore
+from kiseki_server.stores.metrics import MetricStore
+from kiseki_server.stores.runs import RunStore
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    experiments: ExperimentStore
+    runs: RunStore
+    metrics: MetricStore
+
+    @classmethod
+    def open(cls, pool: asyncpg.Pool, *, artifact_root: str) -> Stores:
+        return cls(
+            experiments=ExperimentStore(pool, artifact_root=artifact_root),
+            runs=RunStore(pool),
+            metrics=MetricStore(pool),
+        )
