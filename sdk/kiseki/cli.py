@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     db_commands = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_commands.add_parser("upgrade", help="apply pending schema migrations (idempotent)")
     try:
-        from kiseki_server import cli as server_cli
+        from kiseki_server import cli as server_cli  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         server_cli = None
     else:
@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         print("kiseki: the service is not installed; run: pip install 'kiseki[server]'", file=sys.stderr)
         return 2
     if args.command == "server":
-        return server_cli.serve(args)
-    return server_cli.upgrade(args)
+        return int(server_cli.serve(args))
+    return int(server_cli.upgrade(args))
 
 
 if __name__ == "__main__":

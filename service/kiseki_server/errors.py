@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 
 import pydantic
 from aiohttp import web
-from kiseki.models import ErrorDetail, ErrorResponse
 
+from kiseki.models import ErrorDetail, ErrorResponse
 from kiseki_server.appkeys import SETTINGS
 
 log = logging.getLogger(__name__)

@@ -6,10 +6,10 @@ import re
 from typing import Any
 
 import pydantic
-from kiseki import __version__
-from kiseki.models import ErrorResponse
 from pydantic.json_schema import models_json_schema
 
+from kiseki import __version__
+from kiseki.models import ErrorResponse
 from kiseki_server.routing import Route
 
 _ERRORS = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+
 from kiseki.models import (
     Experiment,
     ExperimentCreate,
@@ -13,7 +14,6 @@ from kiseki.models import (
     TagSet,
     ViewType,
 )
-
 from kiseki_server.appkeys import STORES
 from kiseki_server.errors import NotFound
 from kiseki_server.http_io import model_response, query_enum, query_int, query_str, read_model

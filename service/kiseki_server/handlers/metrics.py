@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from aiohttp import web
-from kiseki.models import LogBatch, LogBatchResult, MetricHistory
 
+from kiseki.models import LogBatch, LogBatchResult, MetricHistory
 from kiseki_server.appkeys import STORES
 from kiseki_server.handlers.runs import run_id_of
 from kiseki_server.http_io import json_response, model_response, query_int, query_str, read_model

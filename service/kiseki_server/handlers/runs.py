@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from aiohttp import web
-from kiseki.models import Run, RunCreate, RunUpdate, TagSet
 
+from kiseki.models import Run, RunCreate, RunUpdate, TagSet
 from kiseki_server.appkeys import STORES
 from kiseki_server.http_io import model_response, query_str, read_model
 from kiseki_server.routing import Query, Route

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-from kiseki.models import Experiment, ExperimentList, ViewType
 
+from kiseki.models import Experiment, ExperimentList, ViewType
 from kiseki_server.clock import now_ms
 from kiseki_server.errors import Conflict, InvalidInput, NotFound
 from kiseki_server.pagination import decode_token, encode_token

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import asyncpg
 import numpy as np
-from kiseki.models import LogBatch, LogBatchResult
 
+from kiseki.models import LogBatch, LogBatchResult
 from kiseki_server import metric_codec
 from kiseki_server.clock import now_ms
 from kiseki_server.errors import Conflict, NotFound

@@ -6,8 +6,8 @@ import uuid
 from typing import Any
 
 import asyncpg
-from kiseki.models import Run, RunCreate, RunData, RunInfo, RunList, RunStatus, RunUpdate, ViewType
 
+from kiseki.models import Run, RunCreate, RunData, RunInfo, RunList, RunStatus, RunUpdate, ViewType
 from kiseki_server.clock import now_ms
 from kiseki_server.errors import Conflict, InvalidInput, NotFound
 from kiseki_server.pagination import decode_token, encode_token
