@@ -10,7 +10,15 @@ from enum import StrEnum
 from typing import Annotated, Any, Self
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 # Documented limits (MLflow's, where it has one).
 MAX_KEY_LENGTH = 250
@@ -27,17 +35,32 @@ MAX_TAGS_PER_BATCH = 1000
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
-# Postgres text cannot hold NUL, and no key or name needs one.
-_NO_NUL = r"^[^\x00]*$"
 
-Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH, pattern=_NO_NUL)]
-ParamValue = Annotated[str, StringConstraints(max_length=MAX_PARAM_VALUE_LENGTH, pattern=_NO_NUL)]
-TagValue = Annotated[str, StringConstraints(max_length=MAX_TAG_VALUE_LENGTH, pattern=_NO_NUL)]
+def _no_nul(value: str) -> str:
+    # Postgres text cannot hold NUL, and no key, value or name needs one.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+_NO_NUL = AfterValidator(_no_nul)
+
+Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH), _NO_NUL]
+ParamValue = Annotated[str, StringConstraints(max_length=MAX_PARAM_VALUE_LENGTH), _NO_NUL]
+TagValue = Annotated[str, StringConstraints(max_length=MAX_TAG_VALUE_LENGTH), _NO_NUL]
 ExperimentName = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=MAX_EXPERIMENT_NAME_LENGTH, pattern=r"^[^\x00]*\S[^\x00]*$"),
+    StringConstraints(min_length=1, max_length=MAX_EXPERIMENT_NAME_LENGTH),
+    _NO_NUL,
+    AfterValidator(_not_blank),
 ]
-RunName = Annotated[str, StringConstraints(max_length=MAX_RUN_NAME_LENGTH, pattern=_NO_NUL)]
+RunName = Annotated[str, StringConstraints(max_length=MAX_RUN_NAME_LENGTH), _NO_NUL]
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 Millis = Annotated[int, Field(ge=0, le=INT64_MAX, description="Epoch milliseconds.")]
 ExperimentId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$"), Field(description="Decimal id.")]
@@ -90,7 +113,7 @@ class Experiment(_Model):
 
 class ExperimentCreate(_Request):
     name: ExperimentName
-    artifact_location: Annotated[str, StringConstraints(max_length=2000, pattern=_NO_NUL)] | None = None
+    artifact_location: Annotated[str, StringConstraints(max_length=2000), _NO_NUL] | None = None
     tags: dict[Key, TagValue] = {}
 
 
