@@ -55,14 +55,12 @@ def serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     print(f"kiseki: artifacts under {settings.artifact_root}", flush=True)
-    print(
-        f"kiseki: serving on {url}  (API at {url}/api/v1, OpenAPI at {url}/api/v1/openapi.json)", flush=True
-    )
+    ready = f"kiseki: serving on {url}  (API at {url}/api/v1, OpenAPI at {url}/api/v1/openapi.json)"
     web.run_app(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        print=None,
+        print=lambda _: print(ready, flush=True),  # called once the socket is listening
         access_log=None,
         shutdown_timeout=30,
     )
