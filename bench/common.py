@@ -71,9 +71,19 @@ async def postgres_version(url: str) -> str:
 def kiseki_server(database_url: str, *extra: str) -> Iterator[str]:
     """A real `kiseki server` process on a free port; yields its base URL."""
     port = free_port()
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below, after the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kiseki", "server", "--database-url", database_url, "--port", str(port), *extra],
+        [
+            sys.executable,
+            "-m",
+            "kiseki",
+            "server",
+            "--database-url",
+            database_url,
+            "--port",
+            str(port),
+            *extra,
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -86,7 +96,9 @@ def kiseki_server(database_url: str, *extra: str) -> Iterator[str]:
             except OSError:
                 if proc.poll() is not None:
                     log.seek(0)
-                    raise RuntimeError(f"kiseki server exited during start-up:\n{log.read().decode()}") from None
+                    raise RuntimeError(
+                        f"kiseki server exited during start-up:\n{log.read().decode()}"
+                    ) from None
                 time.sleep(0.05)
         yield url
     finally:

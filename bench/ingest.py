@@ -48,9 +48,7 @@ def make_bodies(n_batches: int, batch_points: int, seed: int) -> list[bytes]:
     for b in range(n_batches):
         steps = np.arange(b * per_key, (b + 1) * per_key, dtype=np.int64)
         stamps = t0 + steps * 15 + rng.integers(0, 5, per_key)
-        columns = {
-            key: {"steps": steps, "values": rng.random(per_key), "timestamps": stamps} for key in KEYS
-        }
+        columns = {key: {"steps": steps, "values": rng.random(per_key), "timestamps": stamps} for key in KEYS}
         body = orjson.dumps(
             {"batch_id": PLACEHOLDER, "metric_columns": columns}, option=orjson.OPT_SERIALIZE_NUMPY
         )
@@ -99,7 +97,9 @@ def run_http(url: str, jobs: int, batch_points: int, total_points: int) -> dict[
     start_at = time.time() + 4 + jobs * n_batches * batch_points / 4e6
     queue: mp.Queue = mp.Queue()
     procs = [
-        mp.Process(target=_job_process, args=((url, run_ids[i], n_batches, batch_points, i, start_at, queue),))
+        mp.Process(
+            target=_job_process, args=((url, run_ids[i], n_batches, batch_points, i, start_at, queue),)
+        )
         for i in range(jobs)
     ]
     for p in procs:
@@ -145,7 +145,11 @@ def _copy_process(args: tuple[str, int, int, int, float, mp.Queue]) -> None:
         for b in range(n_batches):
             steps = list(range(b * per_key, (b + 1) * per_key))
             batches.append(
-                [(run, k, float(v), s, 1_780_000_000_000 + s) for k in KEYS for s, v in zip(steps, rng.random(per_key))]
+                [
+                    (run, k, float(v), s, 1_780_000_000_000 + s)
+                    for k in KEYS
+                    for s, v in zip(steps, rng.random(per_key), strict=True)
+                ]
             )
         conn = await asyncpg.connect(database_url)
         await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -167,8 +171,8 @@ def run_naive_copy(database_url: str, jobs: int, batch_points: int, total_points
     async def setup() -> None:
         conn = await asyncpg.connect(database_url)
         await conn.execute(
-            "DROP TABLE IF EXISTS naive_points; CREATE TABLE naive_points (run_id uuid, key text, value float8,"
-            " step bigint, timestamp bigint, PRIMARY KEY (run_id, key, step, timestamp))"
+            "DROP TABLE IF EXISTS naive_points; CREATE TABLE naive_points (run_id uuid, key text,"
+            " value float8, step bigint, timestamp bigint, PRIMARY KEY (run_id, key, step, timestamp))"
         )
         await conn.close()
 
@@ -196,7 +200,12 @@ def run_naive_copy(database_url: str, jobs: int, batch_points: int, total_points
         await conn.close()
         return total / points
 
-    return {"points": points, "seconds": wall, "points_per_s": points / wall, "bytes_per_point": asyncio.run(size())}
+    return {
+        "points": points,
+        "seconds": wall,
+        "points_per_s": points / wall,
+        "bytes_per_point": asyncio.run(size()),
+    }
 
 
 async def history_read(url: str, n_points: int = 100_000, repeats: int = 30) -> dict[str, float]:
@@ -206,7 +215,11 @@ async def history_read(url: str, n_points: int = 100_000, repeats: int = 30) -> 
     async with aiohttp.ClientSession() as s:
         for b in range(n_points // per):
             steps = np.arange(b * per, (b + 1) * per)
-            body = {"metric_columns": {"loss": {"steps": steps, "values": np.random.rand(per), "timestamps": steps}}}
+            body = {
+                "metric_columns": {
+                    "loss": {"steps": steps, "values": np.random.rand(per), "timestamps": steps}
+                }
+            }
             data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
             async with s.post(f"{url}/api/v1/runs/{run_id}/batch", data=data) as r:
                 assert r.status == 200, await r.text()
@@ -214,7 +227,8 @@ async def history_read(url: str, n_points: int = 100_000, repeats: int = 30) -> 
         for _ in range(repeats):
             t = time.perf_counter()
             async with s.get(
-                f"{url}/api/v1/runs/{run_id}/metrics/history", params={"key": "loss", "max_results": str(n_points)}
+                f"{url}/api/v1/runs/{run_id}/metrics/history",
+                params={"key": "loss", "max_results": str(n_points)},
             ) as r:
                 raw = await r.read()
             t1 = time.perf_counter()
@@ -238,7 +252,9 @@ async def history_read(url: str, n_points: int = 100_000, repeats: int = 30) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--batch", type=int, nargs="+", default=[10_000, 1_000])
     parser.add_argument("--points", type=int, default=8_000_000, help="points per scenario (approx.)")
@@ -266,7 +282,8 @@ def main() -> None:
             h = asyncio.run(history_read(url))
             print(
                 f"history of 100,000 points: {h['history_ms_p50']:.1f} ms p50 (response received), "
-                f"{h['history_with_json_decode_ms_p50']:.1f} ms with JSON decoding; {h['history_bytes']:,} bytes"
+                f"{h['history_with_json_decode_ms_p50']:.1f} ms with JSON decoding; "
+                f"{h['history_bytes']:,} bytes"
             )
             print(f"small request (GET run) p50: {h['get_run_ms_p50']:.2f} ms")
         if not args.skip_naive:
