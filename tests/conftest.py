@@ -113,3 +113,30 @@ async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(database_url)
     yield connection
     await connection.close()
+
+
+def create_database(postgres_url: str, name: str) -> str:
+    """A new database cloned from the migrated template (for fixtures wider than one test)."""
+
+    async def create() -> None:
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    return with_database(postgres_url, name)
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(postgres_url: str, template_url: str) -> Iterator[str]:
+    """A real `kiseki server` process shared by the end-to-end tests (isolated by unique names)."""
+    from tests.servers import kiseki_server
+
+    database_url = create_database(postgres_url, "kiseki_test_e2e")
+    data_dir = tempfile.mkdtemp(prefix="kiseki-e2e-", dir="/tmp")
+    with kiseki_server("--database-url", database_url, "--data-dir", data_dir) as (url, _):
+        yield url
+    shutil.rmtree(data_dir, ignore_errors=True)

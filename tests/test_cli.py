@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import free_port
+from tests.servers import kiseki_server
 
 
 def request(url: str, method: str = "GET", body: dict | None = None) -> dict:
@@ -25,41 +17,6 @@ def request(url: str, method: str = "GET", body: dict | None = None) -> dict:
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as response:
         return json.loads(response.read())
-
-
-@contextmanager
-def kiseki_server(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, list[str]]]:
-    """Start `kiseki server` on a free port; yields its URL and the lines it printed."""
-    port = free_port()
-    command = [sys.executable, "-m", "kiseki", "server", "--port", str(port), *args]
-    lines: list[str] = []
-    with subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
-    ) as proc:
-        assert proc.stdout is not None
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not any("serving on" in line for line in lines):
-                line = proc.stdout.readline()
-                if not line and proc.poll() is not None:
-                    pytest.fail(f"kiseki server exited with {proc.returncode}: {''.join(lines)}")
-                lines.append(line)
-            # Keep draining its output so the pipe never fills up and blocks the server.
-            threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True).start()
-            url = f"http://127.0.0.1:{port}"
-            yield url, lines
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                raise
-    assert proc.returncode == 0, f"kiseki server did not stop cleanly on SIGTERM: {proc.returncode}"
 
 
 def test_server_on_a_postgres_url(database_url):

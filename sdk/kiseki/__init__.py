@@ -1,5 +1,77 @@
-"""kiseki: fast experiment tracking. The client SDK and the wire models shared with the service."""
+"""kiseki: fast experiment tracking. The Python SDK (and the wire models shared with the service).
+
+import kiseki
+
+kiseki.set_tracking_uri("http://127.0.0.1:5000")
+kiseki.set_experiment("mnist")
+with kiseki.start_run(run_name="baseline"):
+    kiseki.log_params({"lr": 0.001, "epochs": 10})
+    for step in range(100):
+        kiseki.log_metric("loss", 1 / (step + 1), step=step)
+"""
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from kiseki.async_client import AsyncClient
+from kiseki.client import Client
+from kiseki.config import get_tracking_uri, set_tracking_uri
+from kiseki.errors import Conflict, InvalidInput, KisekiError, NotFound, ServerUnavailable
+from kiseki.fluent import (
+    ActiveRun,
+    active_run,
+    end_run,
+    flush,
+    get_experiment_by_name,
+    get_run,
+    last_active_run,
+    log_metric,
+    log_metrics,
+    log_param,
+    log_params,
+    search_runs,
+    set_experiment,
+    set_tag,
+    set_tags,
+    start_run,
+)
+from kiseki.models import Experiment, Metric, Param, Run, RunData, RunInfo, RunStatus, RunTag, ViewType
+from kiseki.paging import PagedList
+
+__all__ = [
+    "ActiveRun",
+    "AsyncClient",
+    "Client",
+    "Conflict",
+    "Experiment",
+    "InvalidInput",
+    "KisekiError",
+    "Metric",
+    "NotFound",
+    "PagedList",
+    "Param",
+    "Run",
+    "RunData",
+    "RunInfo",
+    "RunStatus",
+    "RunTag",
+    "ServerUnavailable",
+    "ViewType",
+    "__version__",
+    "active_run",
+    "end_run",
+    "flush",
+    "get_experiment_by_name",
+    "get_run",
+    "get_tracking_uri",
+    "last_active_run",
+    "log_metric",
+    "log_metrics",
+    "log_param",
+    "log_params",
+    "search_runs",
+    "set_experiment",
+    "set_tag",
+    "set_tags",
+    "set_tracking_uri",
+    "start_run",
+]

@@ -1,0 +1,127 @@
+"""The HTTP transport: JSON requests with retries (exponential backoff with full jitter) and typed errors.
+
+Retries happen on connection errors, timeouts, 5xx and 429 (honouring Retry-After), but only for requests
+that are safe to repeat: reads, idempotent writes (a batch carries its id; get-or-create, updates and
+deletes converge), and any request that never reached the server (connection refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import aiohttp
+import pydantic_core
+
+from kiseki import __version__
+from kiseki.errors import KisekiError, ServerUnavailable, error_for_status
+
+_RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+def dumps(data: Any) -> bytes:
+    """JSON with NaN and ±inf as the strings the API expects."""
+    return pydantic_core.to_json(data, inf_nan_mode="strings")
+
+
+class Transport:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        retry_timeout: float = 120.0,
+        request_timeout: float = 120.0,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 5.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry_timeout = retry_timeout
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                headers={"User-Agent": f"kiseki-python/{__version__}"},
+                connector=aiohttp.TCPConnector(limit=64),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        body: bytes | None = None,
+        params: dict[str, str] | None = None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """The decoded JSON answer of a 2xx response; typed `KisekiError`s for the rest."""
+        if idempotent is None:
+            idempotent = method in ("GET", "PUT", "PATCH", "DELETE", "HEAD")
+        data = body if body is not None else (dumps(json) if json is not None else None)
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        url = f"{self.base_url}{path}"
+        deadline = time.monotonic() + self.retry_timeout
+        attempt = 0
+        while True:
+            delay: float | None = None
+            try:
+                async with self.session.request(method, url, data=data, params=params, headers=headers) as r:
+                    raw = await r.read()
+                    if r.status < 400:
+                        return pydantic_core.from_json(raw) if raw else None
+                    error = _error(r.status, raw)
+                    if r.status not in _RETRY_STATUSES or not idempotent:
+                        raise error
+                    delay = _retry_after(r.headers.get("Retry-After"))
+            except aiohttp.ClientConnectorError as exc:
+                # The request never reached the server: any request is safe to send again.
+                error = self._unavailable(exc)
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                error = self._unavailable(exc)
+                if not idempotent:
+                    raise error from exc
+            attempt += 1
+            if delay is None:
+                delay = random.uniform(0, min(self._backoff_cap, self._backoff_base * 2**attempt))
+            if time.monotonic() + delay > deadline:
+                raise error
+            await asyncio.sleep(delay)
+
+    def _unavailable(self, exc: BaseException) -> ServerUnavailable:
+        detail = str(exc) or type(exc).__name__
+        return ServerUnavailable(
+            f"no kiseki server answered at {self.base_url} ({detail}). Start one with `kiseki server`, "
+            "or point the SDK elsewhere with kiseki.set_tracking_uri(...) or KISEKI_TRACKING_URI."
+        )
+
+
+def _error(status: int, raw: bytes) -> KisekiError:
+    try:
+        detail = pydantic_core.from_json(raw)["error"]
+        return error_for_status(status, detail["message"], code=detail.get("code"), field=detail.get("field"))
+    except (ValueError, KeyError, TypeError):
+        text = raw.decode("utf-8", "replace").strip()[:500]
+        return error_for_status(status, f"HTTP {status}: {text or 'no details'}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,313 @@
+"""`AsyncClient`: the one implementation of the API calls; the sync `Client` drives it from a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from kiseki._batcher import Batcher
+from kiseki._http import Transport
+from kiseki.config import get_tracking_uri
+from kiseki.errors import NotFound
+from kiseki.models import (
+    Experiment,
+    ExperimentGetOrCreateResult,
+    ExperimentList,
+    ExperimentSearch,
+    LogBatchResult,
+    Metric,
+    Param,
+    Run,
+    RunList,
+    RunSearch,
+    RunStatus,
+    RunTag,
+    ViewType,
+)
+from kiseki.paging import PagedList
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class AsyncClient:
+    """Talks to a kiseki server from async code.
+
+    `log_metric`, `log_param` and `set_tag` queue their data for background batching; `flush()` (also
+    called by `close()` and `async with`) waits until it is stored. Everything else is one request.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        *,
+        retry_timeout: float = 120.0,
+        max_batch_points: int = 10_000,
+        flush_interval: float = 1.0,
+        max_pending_points: int = 1_000_000,
+    ) -> None:
+        self.tracking_uri = (tracking_uri or get_tracking_uri()).rstrip("/")
+        self._http = Transport(self.tracking_uri, retry_timeout=retry_timeout)
+        self._batcher = Batcher(
+            self._send_batch,
+            max_batch_points=max_batch_points,
+            flush_interval=flush_interval,
+            max_pending_points=max_pending_points,
+        )
+        self._started = False
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Send everything queued, then release the connection pool."""
+        try:
+            if self._started:
+                await self._batcher.close()
+                self._started = False
+                self._batcher.raise_errors()
+        finally:
+            await self._http.close()
+
+    def _ensure_started(self) -> None:
+        if not self._started:
+            self._batcher.start(asyncio.get_running_loop())
+            self._started = True
+
+    # --- experiments ---------------------------------------------------------------------------------
+
+    async def create_experiment(
+        self, name: str, artifact_location: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> str:
+        """Create an experiment; returns its id. A taken name raises `Conflict`."""
+        body = {"name": name, "artifact_location": artifact_location, "tags": dict(tags or {})}
+        data = await self._http.request("POST", "/api/v1/experiments", json=body)
+        return Experiment.model_validate(data).experiment_id
+
+    async def get_or_create_experiment(self, name: str, tags: Mapping[str, str] | None = None) -> Experiment:
+        """The active experiment named `name`, created if missing: safe when many jobs start at once."""
+        data = await self._http.request(
+            "POST",
+            "/api/v1/experiments/get-or-create",
+            json={"name": name, "tags": dict(tags or {})},
+            idempotent=True,
+        )
+        return ExperimentGetOrCreateResult.model_validate(data).experiment
+
+    async def get_experiment(self, experiment_id: str) -> Experiment:
+        return Experiment.model_validate(
+            await self._http.request("GET", f"/api/v1/experiments/{experiment_id}")
+        )
+
+    async def get_experiment_by_name(self, name: str) -> Experiment | None:
+        """The active experiment with this name, or None."""
+        try:
+            data = await self._http.request("GET", "/api/v1/experiments/by-name", params={"name": name})
+        except NotFound:
+            return None
+        return Experiment.model_validate(data)
+
+    async def search_experiments(
+        self,
+        filter_string: str = "",
+        *,
+        view_type: ViewType = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        order_by: Sequence[str] | None = None,
+        page_token: str | None = None,
+    ) -> PagedList[Experiment]:
+        body = ExperimentSearch(
+            filter=filter_string,
+            view_type=view_type,
+            max_results=max_results,
+            order_by=list(order_by or []),
+            page_token=page_token,
+        )
+        data = await self._http.request(
+            "POST", "/api/v1/experiments/search", body=body.model_dump_json().encode(), idempotent=True
+        )
+        page = ExperimentList.model_validate(data)
+        return PagedList(page.experiments, page.next_page_token)
+
+    async def rename_experiment(self, experiment_id: str, new_name: str) -> Experiment:
+        data = await self._http.request(
+            "PATCH", f"/api/v1/experiments/{experiment_id}", json={"name": new_name}
+        )
+        return Experiment.model_validate(data)
+
+    async def delete_experiment(self, experiment_id: str) -> None:
+        await self._http.request("DELETE", f"/api/v1/experiments/{experiment_id}")
+
+    async def restore_experiment(self, experiment_id: str) -> None:
+        await self._http.request("POST", f"/api/v1/experiments/{experiment_id}/restore", idempotent=True)
+
+    async def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        await self._http.request(
+            "POST",
+            f"/api/v1/experiments/{experiment_id}/tags",
+            json={"key": key, "value": value},
+            idempotent=True,
+        )
+
+    # --- runs ----------------------------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        experiment_id: str,
+        *,
+        start_time: int | None = None,
+        tags: Mapping[str, str] | None = None,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> Run:
+        body: dict[str, Any] = {"experiment_id": experiment_id, "tags": dict(tags or {})}
+        if start_time is not None:
+            body["start_time"] = start_time
+        if run_name is not None:
+            body["run_name"] = run_name
+        if parent_run_id is not None:
+            body["parent_run_id"] = parent_run_id
+        return Run.model_validate(await self._http.request("POST", "/api/v1/runs", json=body))
+
+    async def get_run(self, run_id: str) -> Run:
+        return Run.model_validate(await self._http.request("GET", f"/api/v1/runs/{run_id}"))
+
+    async def update_run(
+        self,
+        run_id: str,
+        status: RunStatus | str | None = None,
+        name: str | None = None,
+        end_time: int | None = None,
+    ) -> Run:
+        body: dict[str, Any] = {}
+        if status is not None:
+            body["status"] = RunStatus(status).value
+        if name is not None:
+            body["run_name"] = name
+        if end_time is not None:
+            body["end_time"] = end_time
+        return Run.model_validate(await self._http.request("PATCH", f"/api/v1/runs/{run_id}", json=body))
+
+    async def set_terminated(
+        self, run_id: str, status: RunStatus | str = RunStatus.FINISHED, end_time: int | None = None
+    ) -> Run:
+        """Flush the run's queued data, then mark it ended."""
+        await self.flush(run_id)
+        return await self.update_run(run_id, status=status, end_time=end_time or now_ms())
+
+    async def delete_run(self, run_id: str) -> None:
+        await self._http.request("DELETE", f"/api/v1/runs/{run_id}")
+
+    async def restore_run(self, run_id: str) -> None:
+        await self._http.request("POST", f"/api/v1/runs/{run_id}/restore", idempotent=True)
+
+    async def search_runs(
+        self,
+        experiment_ids: Sequence[str] | str | None = None,
+        filter_string: str = "",
+        run_view_type: ViewType = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        order_by: Sequence[str] | None = None,
+        page_token: str | None = None,
+    ) -> PagedList[Run]:
+        """One page of runs matching `filter_string` (see docs/search.md); None searches all experiments."""
+        if isinstance(experiment_ids, str):
+            experiment_ids = [experiment_ids]
+        body = RunSearch(
+            experiment_ids=list(experiment_ids) if experiment_ids else None,
+            filter=filter_string,
+            order_by=list(order_by or []),
+            max_results=max_results,
+            page_token=page_token,
+            view_type=run_view_type,
+        )
+        data = await self._http.request(
+            "POST",
+            "/api/v1/runs/search",
+            body=body.model_dump_json(exclude_none=True).encode(),
+            idempotent=True,
+        )
+        page = RunList.model_validate(data)
+        return PagedList(page.runs, page.next_page_token)
+
+    # --- logging -------------------------------------------------------------------------------------
+
+    async def log_batch(
+        self,
+        run_id: str,
+        metrics: Iterable[Metric] = (),
+        params: Iterable[Param] = (),
+        tags: Iterable[RunTag] = (),
+        *,
+        batch_id: str | None = None,
+    ) -> LogBatchResult:
+        """Log at once, all or nothing (not through the background queue); retried safely by batch id."""
+        import uuid
+
+        body = {
+            "batch_id": batch_id or str(uuid.uuid4()),
+            "metrics": [m.model_dump(exclude_none=True) for m in metrics],
+            "params": [p.model_dump() for p in params],
+            "tags": [t.model_dump() for t in tags],
+        }
+        data = await self._http.request("POST", f"/api/v1/runs/{run_id}/batch", json=body, idempotent=True)
+        return LogBatchResult.model_validate(data)
+
+    async def _send_batch(self, run_id: str, body: dict[str, Any]) -> None:
+        await self._http.request("POST", f"/api/v1/runs/{run_id}/batch", json=body, idempotent=True)
+
+    async def log_metric(
+        self, run_id: str, key: str, value: float, timestamp: int | None = None, step: int | None = None
+    ) -> None:
+        """Queue one point; it is sent in the background (see `flush`)."""
+        self._ensure_started()
+        if self._batcher.full():
+            await self._batcher.wait_for_space()
+        self._batcher.add_metric(
+            run_id, key, float(value), step or 0, now_ms() if timestamp is None else timestamp, wait=False
+        )
+
+    async def log_param(self, run_id: str, key: str, value: object) -> None:
+        self._ensure_started()
+        if self._batcher.full():
+            await self._batcher.wait_for_space()
+        self._batcher.add_param(run_id, key, str(value), wait=False)
+
+    async def set_tag(self, run_id: str, key: str, value: object) -> None:
+        self._ensure_started()
+        if self._batcher.full():
+            await self._batcher.wait_for_space()
+        self._batcher.add_tag(run_id, key, str(value), wait=False)
+
+    async def delete_tag(self, run_id: str, key: str) -> None:
+        await self.flush(run_id)
+        await self._http.request("DELETE", f"/api/v1/runs/{run_id}/tags", params={"key": key})
+
+    async def flush(self, run_id: str | None = None) -> None:
+        """Wait until everything queued so far is stored; raise what a background send hit."""
+        if self._started:
+            await self._batcher.send_pending()
+        self._batcher.raise_errors(run_id)
+
+    async def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
+        """Every point of a metric, in (step, timestamp) order."""
+        points: list[Metric] = []
+        token: str | None = None
+        while True:
+            params = {"key": key, **({"page_token": token} if token else {})}
+            data = await self._http.request("GET", f"/api/v1/runs/{run_id}/metrics/history", params=params)
+            points += [
+                Metric(key=key, value=float(v), step=s, timestamp=t)
+                for s, t, v in zip(data["steps"], data["timestamps"], data["values"], strict=True)
+            ]
+            if not (token := data["next_page_token"]):
+                return points

@@ -1,0 +1,213 @@
+"""`Client`: the synchronous API. It drives the `AsyncClient` on a background event loop thread, so both
+share one implementation; `log_metric`/`log_param`/`set_tag` enqueue from the calling thread directly."""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+
+from kiseki._loop import shared_loop
+from kiseki.async_client import AsyncClient, now_ms
+from kiseki.models import Experiment, LogBatchResult, Metric, Param, Run, RunStatus, RunTag, ViewType
+from kiseki.paging import PagedList
+
+_open_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+class Client:
+    """Talks to a kiseki server (`tracking_uri`, default: the configured one; see `set_tracking_uri`)."""
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        *,
+        retry_timeout: float = 120.0,
+        max_batch_points: int = 10_000,
+        flush_interval: float = 1.0,
+        max_pending_points: int = 1_000_000,
+    ) -> None:
+        self._io = shared_loop()
+        self._core = AsyncClient(
+            tracking_uri,
+            retry_timeout=retry_timeout,
+            max_batch_points=max_batch_points,
+            flush_interval=flush_interval,
+            max_pending_points=max_pending_points,
+        )
+        self.tracking_uri = self._core.tracking_uri
+        self._io.run(self._start())
+        _open_clients.add(self)
+
+    async def _start(self) -> None:
+        self._core._ensure_started()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Send everything queued, then release connections."""
+        _open_clients.discard(self)
+        self._io.run(self._core.close())
+
+    # --- experiments ---------------------------------------------------------------------------------
+
+    def create_experiment(
+        self, name: str, artifact_location: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> str:
+        return self._io.run(self._core.create_experiment(name, artifact_location, tags))
+
+    def get_or_create_experiment(self, name: str, tags: Mapping[str, str] | None = None) -> Experiment:
+        return self._io.run(self._core.get_or_create_experiment(name, tags))
+
+    def get_experiment(self, experiment_id: str) -> Experiment:
+        return self._io.run(self._core.get_experiment(experiment_id))
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        return self._io.run(self._core.get_experiment_by_name(name))
+
+    def search_experiments(
+        self,
+        filter_string: str = "",
+        *,
+        view_type: ViewType = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        order_by: Sequence[str] | None = None,
+        page_token: str | None = None,
+    ) -> PagedList[Experiment]:
+        return self._io.run(
+            self._core.search_experiments(
+                filter_string,
+                view_type=view_type,
+                max_results=max_results,
+                order_by=order_by,
+                page_token=page_token,
+            )
+        )
+
+    def rename_experiment(self, experiment_id: str, new_name: str) -> Experiment:
+        return self._io.run(self._core.rename_experiment(experiment_id, new_name))
+
+    def delete_experiment(self, experiment_id: str) -> None:
+        self._io.run(self._core.delete_experiment(experiment_id))
+
+    def restore_experiment(self, experiment_id: str) -> None:
+        self._io.run(self._core.restore_experiment(experiment_id))
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        self._io.run(self._core.set_experiment_tag(experiment_id, key, value))
+
+    # --- runs ----------------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        experiment_id: str,
+        *,
+        start_time: int | None = None,
+        tags: Mapping[str, str] | None = None,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> Run:
+        return self._io.run(
+            self._core.create_run(
+                experiment_id,
+                start_time=start_time,
+                tags=tags,
+                run_name=run_name,
+                parent_run_id=parent_run_id,
+            )
+        )
+
+    def get_run(self, run_id: str) -> Run:
+        return self._io.run(self._core.get_run(run_id))
+
+    def update_run(
+        self,
+        run_id: str,
+        status: RunStatus | str | None = None,
+        name: str | None = None,
+        end_time: int | None = None,
+    ) -> Run:
+        return self._io.run(self._core.update_run(run_id, status, name, end_time))
+
+    def set_terminated(
+        self, run_id: str, status: RunStatus | str = RunStatus.FINISHED, end_time: int | None = None
+    ) -> Run:
+        return self._io.run(self._core.set_terminated(run_id, status, end_time))
+
+    def delete_run(self, run_id: str) -> None:
+        self._io.run(self._core.delete_run(run_id))
+
+    def restore_run(self, run_id: str) -> None:
+        self._io.run(self._core.restore_run(run_id))
+
+    def search_runs(
+        self,
+        experiment_ids: Sequence[str] | str | None = None,
+        filter_string: str = "",
+        run_view_type: ViewType = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        order_by: Sequence[str] | None = None,
+        page_token: str | None = None,
+    ) -> PagedList[Run]:
+        return self._io.run(
+            self._core.search_runs(
+                experiment_ids, filter_string, run_view_type, max_results, order_by, page_token
+            )
+        )
+
+    # --- logging -------------------------------------------------------------------------------------
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Iterable[Metric] = (),
+        params: Iterable[Param] = (),
+        tags: Iterable[RunTag] = (),
+        *,
+        batch_id: str | None = None,
+    ) -> LogBatchResult:
+        return self._io.run(
+            self._core.log_batch(run_id, list(metrics), list(params), list(tags), batch_id=batch_id)
+        )
+
+    def log_metric(
+        self, run_id: str, key: str, value: float, timestamp: int | None = None, step: int | None = None
+    ) -> None:
+        """Queue one point (returns in microseconds; blocks only when the queue is full)."""
+        self._core._batcher.add_metric(
+            run_id, key, float(value), step or 0, now_ms() if timestamp is None else timestamp, wait=True
+        )
+
+    def log_param(self, run_id: str, key: str, value: object) -> None:
+        self._core._batcher.add_param(run_id, key, str(value), wait=True)
+
+    def set_tag(self, run_id: str, key: str, value: object) -> None:
+        self._core._batcher.add_tag(run_id, key, str(value), wait=True)
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        self._io.run(self._core.delete_tag(run_id, key))
+
+    def flush(self, run_id: str | None = None) -> None:
+        """Wait until everything queued so far is stored; raise what a background send hit."""
+        self._io.run(self._core.flush(run_id))
+
+    def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
+        return self._io.run(self._core.get_metric_history(run_id, key))
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    # Queued points of a script that never called end_run/close still reach the server.
+    for client in list(_open_clients):
+        try:
+            client.close()
+        except Exception as exc:  # an exit hook must not hide the program's own outcome
+            print(f"kiseki: could not send queued data at exit: {exc}", file=sys.stderr)

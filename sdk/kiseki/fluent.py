@@ -1,0 +1,288 @@
+"""The fluent API (`kiseki.start_run()`, `kiseki.log_metric(...)`), shaped like MLflow's so habits carry
+over. State is per process: the active experiment, a stack of active runs, and one `Client`."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal
+
+from kiseki.client import Client
+from kiseki.config import get_tracking_uri
+from kiseki.models import Experiment, Run, RunData, RunInfo, RunStatus, ViewType
+
+DEFAULT_EXPERIMENT = "Default"
+
+_lock = threading.RLock()
+_client: Client | None = None
+_experiment_id: str | None = None
+_runs: list[ActiveRun] = []
+_crashed = False
+
+
+class ActiveRun:
+    """The run `start_run` began: `.info` and `.data` like a `Run`; a context manager that ends it
+    FINISHED, or FAILED when the block raises (KILLED on KeyboardInterrupt)."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._owner_pid = os.getpid()
+
+    @property
+    def info(self) -> RunInfo:
+        return self._run.info
+
+    @property
+    def data(self) -> RunData:
+        """Params, tags and latest metrics as of when the run was started or resumed."""
+        return self._run.data
+
+    def __enter__(self) -> ActiveRun:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            status = RunStatus.FINISHED
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status = RunStatus.KILLED
+        else:
+            status = RunStatus.FAILED
+        with _lock:
+            active = self in _runs
+        if active:
+            _end(self, status, raise_errors=exc_type is None)
+
+    def __repr__(self) -> str:
+        return f"<ActiveRun run_id={self.info.run_id} name={self.info.run_name!r}>"
+
+
+def _get_client() -> Client:
+    global _client
+    with _lock:
+        if _client is None or _client.tracking_uri != get_tracking_uri():
+            _client = Client()
+        return _client
+
+
+def set_experiment(experiment_name: str | None = None, experiment_id: str | None = None) -> Experiment:
+    """Make an experiment the active one (created if missing; safe when many jobs start at once)."""
+    global _experiment_id
+    if (experiment_name is None) == (experiment_id is None):
+        raise ValueError("give exactly one of experiment_name and experiment_id")
+    client = _get_client()
+    if experiment_name is not None:
+        experiment = client.get_or_create_experiment(experiment_name)
+    else:
+        assert experiment_id is not None
+        experiment = client.get_experiment(experiment_id)
+        if experiment.lifecycle_stage != "active":
+            raise ValueError(f"experiment {experiment_id} is deleted; restore it or pick another")
+    _experiment_id = experiment.experiment_id
+    return experiment
+
+
+def _active_experiment_id() -> str:
+    if _experiment_id is not None:
+        return _experiment_id
+    if experiment_id := os.environ.get("KISEKI_EXPERIMENT_ID"):
+        return experiment_id
+    name = os.environ.get("KISEKI_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    return _get_client().get_or_create_experiment(name).experiment_id
+
+
+def start_run(
+    run_id: str | None = None,
+    experiment_id: str | None = None,
+    run_name: str | None = None,
+    nested: bool = False,
+    tags: Mapping[str, str] | None = None,
+) -> ActiveRun:
+    """Start a run in the active experiment (or resume `run_id`) and make it the active run."""
+    _watch_for_crashes()
+    client = _get_client()
+    with _lock:
+        if _runs and not nested:
+            raise RuntimeError(
+                f"run {_runs[-1].info.run_id} is already active; end it first, or pass nested=True to start "
+                "a child run"
+            )
+        parent = _runs[-1].info.run_id if _runs else None
+    if run_id is not None:
+        client.get_run(run_id)  # NotFound for a bad id, before changing anything
+        run = client.update_run(run_id, status=RunStatus.RUNNING)
+        for key, value in (tags or {}).items():
+            client.set_tag(run_id, key, value)
+    else:
+        run = client.create_run(
+            experiment_id or _active_experiment_id(), run_name=run_name, tags=tags, parent_run_id=parent
+        )
+    active = ActiveRun(run)
+    with _lock:
+        _runs.append(active)
+    return active
+
+
+def active_run() -> ActiveRun | None:
+    with _lock:
+        return _runs[-1] if _runs else None
+
+
+def last_active_run() -> ActiveRun | None:
+    return active_run()
+
+
+def end_run(status: RunStatus | str = RunStatus.FINISHED) -> None:
+    """End the active run: send its queued data, then record `status` and the end time."""
+    with _lock:
+        run = _runs[-1] if _runs else None
+    if run is not None:
+        _end(run, RunStatus(status), raise_errors=True)
+
+
+def _end(run: ActiveRun, status: RunStatus, *, raise_errors: bool) -> None:
+    with _lock:
+        if run in _runs:
+            _runs.remove(run)
+    client = _get_client()
+    try:
+        client.flush(run.info.run_id)
+    except Exception:
+        # The run still gets its final status; the data error is raised once that is recorded.
+        client.set_terminated(run.info.run_id, RunStatus.FAILED if status == RunStatus.FINISHED else status)
+        if raise_errors:
+            raise
+        return
+    client.set_terminated(run.info.run_id, status)
+
+
+def _run_id() -> str:
+    """The active run's id, starting a run first when there is none (as MLflow does)."""
+    with _lock:
+        if _runs:
+            return _runs[-1].info.run_id
+    return start_run().info.run_id
+
+
+def log_param(key: str, value: object) -> None:
+    _get_client().log_param(_run_id(), key, value)
+
+
+def log_params(params: Mapping[str, object]) -> None:
+    client, run_id = _get_client(), _run_id()
+    for key, value in params.items():
+        client.log_param(run_id, key, value)
+
+
+def log_metric(key: str, value: float, step: int | None = None, timestamp: int | None = None) -> None:
+    """Queue one metric point; returns at once (batched in the background)."""
+    _get_client().log_metric(_run_id(), key, value, timestamp, step)
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None, timestamp: int | None = None) -> None:
+    client, run_id = _get_client(), _run_id()
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value, timestamp, step)
+
+
+def set_tag(key: str, value: object) -> None:
+    _get_client().set_tag(_run_id(), key, value)
+
+
+def set_tags(tags: Mapping[str, object]) -> None:
+    client, run_id = _get_client(), _run_id()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def flush() -> None:
+    """Wait until everything logged so far is stored."""
+    _get_client().flush()
+
+
+def get_experiment_by_name(name: str) -> Experiment | None:
+    return _get_client().get_experiment_by_name(name)
+
+
+def get_run(run_id: str) -> Run:
+    return _get_client().get_run(run_id)
+
+
+def search_runs(
+    experiment_ids: Sequence[str] | None = None,
+    filter_string: str = "",
+    run_view_type: ViewType = ViewType.ACTIVE_ONLY,
+    max_results: int = 100_000,
+    order_by: Sequence[str] | None = None,
+    output_format: Literal["pandas", "list"] = "pandas",
+    experiment_names: Sequence[str] | None = None,
+) -> Any:
+    """Runs matching `filter_string` (see docs/search.md), as a pandas DataFrame when pandas is installed
+    (`kiseki[pandas]`) and `output_format="pandas"`, else as a list of `Run`. Without ids or names it
+    searches the active experiment."""
+    client = _get_client()
+    ids = list(experiment_ids or [])
+    for name in experiment_names or []:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise ValueError(f"no active experiment named {name!r}")
+        ids.append(experiment.experiment_id)
+    if not ids:
+        ids = [_active_experiment_id()]
+    runs: list[Run] = []
+    token: str | None = None
+    while len(runs) < max_results:
+        page = client.search_runs(
+            ids, filter_string, run_view_type, min(50_000, max_results - len(runs)), order_by, token
+        )
+        runs += page
+        if not (token := page.token):
+            break
+    if output_format == "list":
+        return runs
+    try:
+        from kiseki.frames import runs_to_frame
+    except ImportError:
+        return runs
+    return runs_to_frame(runs)
+
+
+def _watch_for_crashes() -> None:
+    """Remember an uncaught exception, so runs left open at exit end FAILED rather than FINISHED."""
+    if getattr(sys.excepthook, "_kiseki", False):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        global _crashed
+        _crashed = True
+        previous(exc_type, exc, tb)
+
+    hook._kiseki = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+@atexit.register
+def _end_runs_at_exit() -> None:
+    status = RunStatus.FAILED if _crashed else RunStatus.FINISHED
+    for run in reversed(list(_runs)):
+        if run._owner_pid == os.getpid():
+            try:
+                _end(run, status, raise_errors=False)
+            except Exception as exc:  # an exit hook must not hide the program's own outcome
+                print(f"kiseki: could not end run {run.info.run_id} at exit: {exc}", file=sys.stderr)
+
+
+def _forget_client_after_fork() -> None:
+    # The parent's client lives on an I/O thread the child does not have.
+    global _client, _lock
+    _client = None
+    _lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_forget_client_after_fork)
