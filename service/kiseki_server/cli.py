@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 from typing import Any
 
 from aiohttp import web
@@ -73,7 +72,3 @@ def upgrade(args: argparse.Namespace) -> int:
     applied = asyncio.run(db.upgrade(dsn))
     print(f"kiseki: {where} is up to date" + (f"; applied {', '.join(applied)}" if applied else ""))
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(serve(argparse.Namespace()))

@@ -169,7 +169,7 @@ class MetricStore:
         arrival) order."""
         rows = await self._pool.fetch(
             """
-            SELECT data, n_points FROM metric_chunks
+            SELECT data FROM metric_chunks
             WHERE run_id = $1 AND key = $2 AND ($3::bigint IS NULL OR max_step >= $3)
             ORDER BY chunk_id
             """,
