@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 from kiseki_server import db
 from kiseki_server.app import create_app
 from kiseki_server.config import Settings
+from tests.s3 import s3_bucket, s3_server  # noqa: F401
 
 TEMPLATE = "kiseki_test_template"
 

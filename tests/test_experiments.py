@@ -29,6 +29,13 @@ async def test_explicit_artifact_location_is_kept(client):
     assert body["artifact_location"] == "s3://other/place"
 
 
+async def test_artifact_location_inside_the_managed_root_is_refused(client, conn):
+    location = "s3://kiseki-test/artifacts/1/" + "a" * 32 + "/artifacts"
+    error = (await call(client, "POST", API, 400, json={"name": "e", "artifact_location": location}))["error"]
+    assert error["field"] == "artifact_location"
+    assert await conn.fetchval("SELECT count(*) FROM experiments") == 0
+
+
 async def test_duplicate_active_name_is_409(client):
     await new_experiment(client, "dup")
     body = await call(client, "POST", API, 409, json={"name": "dup"})

@@ -273,3 +273,184 @@ class ErrorDetail(_Model):
 
 class ErrorResponse(_Model):
     error: ErrorDetail
+
+
+# --- artifacts --------------------------------------------------------------------------------------
+
+MAX_ARTIFACT_PATH_LENGTH = 1000
+"""Longest artifact path, in characters (S3 keys are at most 1024 bytes including the run's prefix)."""
+MAX_ARTIFACT_SIZE = 5 * 1024**4
+"""Largest artifact file: 5 TiB, the S3 object limit."""
+MAX_UPLOAD_FILES = 1000
+"""Most files one upload request may plan."""
+MAX_PARTS = 10_000
+"""Most parts of a multipart upload (the S3 limit)."""
+MAX_PART_URLS = 1000
+"""Most part URLs one request may ask for."""
+
+ArtifactPath = Annotated[
+    str,
+    Field(
+        description="Relative to the run's artifact root, '/'-separated, e.g. 'model/weights.bin'; at "
+        f"most {MAX_ARTIFACT_PATH_LENGTH} characters, no '..', '\\', NUL or empty parts (checked by the "
+        "service, which answers 400 naming the field)."
+    ),
+]
+PartNumber = Annotated[int, Field(ge=1, le=MAX_PARTS)]
+StorageToken = Annotated[str, StringConstraints(min_length=1, max_length=1024), _NO_NUL]
+"""An upload id or ETag, as storage issued it."""
+
+
+class FileInfo(_Model):
+    path: str = Field(description="Relative to the run's artifact root; folders have no trailing '/'.")
+    is_dir: bool
+    file_size: int | None = Field(default=None, description="Bytes; None for a folder.")
+
+
+class ArtifactList(_Model):
+    """One level of a run's artifact tree, like a directory listing, ordered by path."""
+
+    root_uri: str = Field(description="The run's artifact_uri.")
+    files: list[FileInfo]
+    next_page_token: str | None = None
+
+
+class UploadFile(_Request):
+    path: ArtifactPath
+    size: int = Field(ge=0, le=MAX_ARTIFACT_SIZE, description="Exact size of the file in bytes.")
+
+
+class UploadRequest(_Request):
+    """Files to upload to a run; the answer says, per file, where to PUT its bytes."""
+
+    files: Annotated[list[UploadFile], Field(min_length=1, max_length=MAX_UPLOAD_FILES)]
+
+
+class UploadPart(_Model):
+    part_number: int = Field(description="1-based; part n carries bytes [(n-1)*part_size, n*part_size).")
+    url: str = Field(description="PUT the part's bytes here (with a Content-Length); keep the reply's ETag.")
+
+
+class MultipartUpload(_Model):
+    upload_id: str
+    part_size: int = Field(description="Bytes per part; the last part carries the remainder.")
+    part_count: int
+    parts: list[UploadPart] = Field(
+        description="URLs for the first parts (all of them for most files); ask .../uploads/parts for the "
+        "rest or for fresh ones once these expire."
+    )
+
+
+class ArtifactUpload(_Model):
+    """Where to send one file: a single `url`, or a `multipart` upload to finish with .../uploads/complete."""
+
+    path: str = Field(description="The normalised path the file will have.")
+    size: int
+    url: str | None = Field(default=None, description="PUT the whole file here (with a Content-Length).")
+    multipart: MultipartUpload | None = None
+    expires_at: int = Field(description="Epoch milliseconds after which the URLs are refused.")
+
+
+class UploadPlan(_Model):
+    uploads: list[ArtifactUpload] = Field(description="In the order of the request's files.")
+
+
+class PartUrlsRequest(_Request):
+    path: ArtifactPath
+    upload_id: StorageToken
+    part_numbers: Annotated[list[PartNumber], Field(min_length=1, max_length=MAX_PART_URLS)]
+
+
+class PartUrls(_Model):
+    parts: list[UploadPart]
+    expires_at: int = Field(description="Epoch milliseconds after which the URLs are refused.")
+
+
+class CompletedPart(_Request):
+    part_number: PartNumber
+    etag: StorageToken = Field(description="The ETag header the part's PUT answered with.")
+
+
+class MultipartComplete(_Request):
+    path: ArtifactPath
+    upload_id: StorageToken
+    parts: Annotated[list[CompletedPart], Field(min_length=1, max_length=MAX_PARTS)] = Field(
+        description="Every part, in part-number order."
+    )
+
+
+class MultipartAbort(_Request):
+    path: ArtifactPath
+    upload_id: StorageToken
+
+
+class MultipartAborted(_Model):
+    path: str
+    upload_id: str
+
+
+class ArtifactDownload(_Model):
+    path: str = Field(description="Relative to the run's artifact root.")
+    file_size: int
+    url: str = Field(description="GET the file's bytes here (Range requests work).")
+
+
+class DownloadList(_Model):
+    """The file at a path, or every file under a folder (recursively, ordered by path), with GET URLs."""
+
+    files: list[ArtifactDownload]
+    expires_at: int = Field(description="Epoch milliseconds after which the URLs are refused.")
+    next_page_token: str | None = None
+
+
+class ArtifactPurge(_Model):
+    deleted_files: int = Field(description="Files removed from storage.")
+    aborted_uploads: int = Field(description="Unfinished multipart uploads discarded.")
+
+
+# --- search -----------------------------------------------------------------------------------------
+
+MAX_SEARCH_RESULTS = 50_000
+"""Largest page a search may ask for."""
+MAX_FILTER_LENGTH = 20_000
+MAX_ORDER_BY_KEYS = 10
+
+SearchFilter = Annotated[
+    str,
+    StringConstraints(max_length=MAX_FILTER_LENGTH),
+    _NO_NUL,
+    Field(description="The filter language of docs/search.md, e.g. \"metrics.acc > 0.9 AND tags.t = 'x'\"."),
+]
+OrderByClause = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=1000),
+    _NO_NUL,
+    Field(description="An identifier, then ASC (default) or DESC, e.g. 'metrics.acc DESC'."),
+]
+
+
+class RunSearch(_Request):
+    """Runs matching a filter, across one, several or all experiments, in a stable order, paged."""
+
+    experiment_ids: Annotated[list[ExperimentId], Field(min_length=1, max_length=1000)] | None = Field(
+        default=None, description="Experiments to search; omitted: every active experiment."
+    )
+    filter: SearchFilter = ""
+    order_by: Annotated[list[OrderByClause], Field(max_length=MAX_ORDER_BY_KEYS)] = Field(
+        default=[], description="Sort keys in priority order; default: start_time DESC. Ties: run_id."
+    )
+    max_results: int = Field(default=1000, ge=1, le=MAX_SEARCH_RESULTS)
+    page_token: str | None = Field(default=None, description="next_page_token of the previous page.")
+    view_type: ViewType = ViewType.ACTIVE_ONLY
+
+
+class ExperimentSearch(_Request):
+    """Experiments matching a filter on name, attributes and tags (e.g. "name LIKE 'bert%'"), paged."""
+
+    filter: SearchFilter = ""
+    order_by: Annotated[list[OrderByClause], Field(max_length=MAX_ORDER_BY_KEYS)] = Field(
+        default=[], description="Sort keys in priority order; default: newest first (experiment_id DESC)."
+    )
+    max_results: int = Field(default=1000, ge=1, le=MAX_SEARCH_RESULTS)
+    page_token: str | None = Field(default=None, description="next_page_token of the previous page.")
+    view_type: ViewType = ViewType.ACTIVE_ONLY

@@ -7,14 +7,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from kiseki_server import db, openapi
-from kiseki_server.appkeys import POOL, SETTINGS, STORES
+from kiseki_server.appkeys import ARTIFACTS, POOL, SETTINGS, STORES
+from kiseki_server.artifacts import open_artifact_store
 from kiseki_server.config import Settings
 from kiseki_server.errors import error_middleware
-from kiseki_server.handlers import experiments, metrics, runs
+from kiseki_server.handlers import artifacts, experiments, metrics, runs, search
 from kiseki_server.routing import Route
 from kiseki_server.stores import Stores
 
-ROUTES: list[Route] = [*experiments.ROUTES, *runs.ROUTES, *metrics.ROUTES]
+ROUTES: list[Route] = [*experiments.ROUTES, *runs.ROUTES, *metrics.ROUTES, *search.ROUTES, *artifacts.ROUTES]
 
 
 class SchemaNotReady(RuntimeError):
@@ -39,10 +40,17 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
+async def _artifacts(app: web.Application) -> AsyncIterator[None]:
+    async with open_artifact_store(app[SETTINGS]) as store:
+        app[ARTIFACTS] = store
+        yield
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[error_middleware])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_artifacts)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     spec = openapi.build(ROUTES)

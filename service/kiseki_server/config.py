@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
 
 DEFAULT_DATA_DIR = Path("/var/tmp/kiseki")
 """Where `kiseki server` keeps its embedded Postgres when no database URL is given.
@@ -42,6 +44,61 @@ class Settings(BaseSettings):
         "'<root>/<experiment_id>'. Unset: the 'artifacts' folder inside the data folder.",
     )
     log_level: str = Field(default="INFO", description="Python logging level of the service.")
+    # --- artifacts: both stores ---
+    artifact_url_expiry_seconds: int = Field(
+        default=3600,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="Lifetime of the upload and download URLs the service hands out (S3 allows 7 days).",
+    )
+    artifact_multipart_threshold: int = Field(
+        default=64 * MiB,
+        ge=5 * MiB,
+        le=5 * 1024 * MiB,
+        description="Files larger than this many bytes are uploaded in parts; smaller ones in one PUT.",
+    )
+    artifact_multipart_part_size: int = Field(
+        default=16 * MiB,
+        ge=5 * MiB,
+        le=5 * 1024 * MiB,
+        description="Bytes per part of a multipart upload (raised for files that would need over 10,000).",
+    )
+    # --- artifacts: S3 (artifact root s3://bucket/prefix) ---
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint the service calls, e.g. http://minio:9000. Unset: AWS S3 in s3_region.",
+    )
+    s3_public_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint presigned URLs are signed for: the scheme://host:port clients reach storage "
+        "at (a signature covers the host). Unset: s3_endpoint_url.",
+    )
+    s3_region: str = Field(default="us-east-1", description="Region requests are signed for.")
+    s3_access_key_id: str | None = Field(
+        default=None,
+        description="Access key id. Unset: botocore's usual chain (AWS_ACCESS_KEY_ID, ~/.aws, instance "
+        "role).",
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="Secret access key; used together with s3_access_key_id."
+    )
+    s3_max_attempts: int = Field(
+        default=3, ge=1, le=10, description="Attempts per S3 call before storage counts as unavailable."
+    )
+    s3_connect_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds to wait for a connection to S3 before retrying."
+    )
+    # --- artifacts: local folder (artifact root file:///path) ---
+    artifact_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Secret for the local store's signed URLs. Unset: a random key kept in "
+        "<data_dir>/artifact-signing.key (mode 0600), so URLs survive restarts.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL clients reach this service at (e.g. https://kiseki.example.org), for the "
+        "local store's signed URLs. Unset: the scheme and Host of each request.",
+    )
 
     @property
     def artifact_root(self) -> str:

@@ -29,6 +29,11 @@ class InvalidInput(KisekiError):
     code = "INVALID_PARAMETER_VALUE"
 
 
+class Forbidden(KisekiError):
+    status = 403
+    code = "PERMISSION_DENIED"
+
+
 class NotFound(KisekiError):
     status = 404
     code = "RESOURCE_DOES_NOT_EXIST"
@@ -47,6 +52,13 @@ class PayloadTooLarge(KisekiError):
 class Unprocessable(KisekiError):
     status = 422
     code = "INVALID_PARAMETER_VALUE"
+
+
+class ServiceUnavailable(KisekiError):
+    """A backend the service depends on (e.g. artifact storage) cannot be reached; retrying may help."""
+
+    status = 503
+    code = "SERVICE_UNAVAILABLE"
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:

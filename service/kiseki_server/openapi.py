@@ -14,10 +14,12 @@ from kiseki_server.routing import Route
 
 _ERRORS = {
     "400": "Invalid input",
+    "403": "Refused signature (local artifact URLs)",
     "404": "Not found",
     "409": "Conflict",
     "413": "Body too large",
     "422": "Invalid field",
+    "503": "A backing service (Postgres, artifact storage) is unavailable",
 }
 
 

@@ -11,7 +11,7 @@ from kiseki_server.clock import now_ms
 from kiseki_server.errors import Conflict, InvalidInput, NotFound
 from kiseki_server.pagination import decode_token, encode_token
 
-_COLUMNS = """
+EXPERIMENT_COLUMNS = """
     e.experiment_id, e.name, e.artifact_location, e.lifecycle_stage, e.creation_time, e.last_update_time,
     ARRAY(SELECT ROW(t.key, t.value) FROM experiment_tags t
           WHERE t.experiment_id = e.experiment_id ORDER BY t.key) AS tags
@@ -34,7 +34,7 @@ def parse_experiment_id(value: str, *, field: str = "experiment_id") -> int:
     return int(value)
 
 
-def _experiment(row: asyncpg.Record) -> Experiment:
+def experiment_from_row(row: asyncpg.Record) -> Experiment:
     return Experiment(
         experiment_id=str(row["experiment_id"]),
         name=row["name"],
@@ -80,6 +80,7 @@ class ExperimentStore:
     async def _insert(
         self, name: str, artifact_location: str | None, tags: dict[str, str], *, if_absent: bool
     ) -> Experiment | None:
+        self._check_location(artifact_location)
         on_conflict = "ON CONFLICT (name) WHERE lifecycle_stage = 'active' DO NOTHING" if if_absent else ""
         now = now_ms()
         async with self._pool.acquire() as conn, conn.transaction():
@@ -109,11 +110,22 @@ class ExperimentStore:
                 )
             return await self._fetch(conn, experiment_id)
 
+    def _check_location(self, location: str | None) -> None:
+        """The service's artifact root is carved up by experiment id; a custom location inside it could
+        overlap another experiment's runs (and be purged with them)."""
+        root = self._artifact_root
+        if location is not None and (location.rstrip("/") == root or location.startswith(root + "/")):
+            raise InvalidInput(
+                f"artifact_location must not lie inside the service's artifact root {root}; leave it unset "
+                f"to get {root}/<experiment_id>",
+                field="artifact_location",
+            )
+
     async def _fetch(self, conn: Any, experiment_id: int) -> Experiment | None:
         row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM experiments e WHERE e.experiment_id = $1", experiment_id
+            f"SELECT {EXPERIMENT_COLUMNS} FROM experiments e WHERE e.experiment_id = $1", experiment_id
         )
-        return _experiment(row) if row else None
+        return experiment_from_row(row) if row else None
 
     async def get(self, experiment_id: int) -> Experiment:
         experiment = await self._fetch(self._pool, experiment_id)
@@ -123,9 +135,11 @@ class ExperimentStore:
 
     async def find_by_name(self, name: str) -> Experiment | None:
         row = await self._pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM experiments e WHERE e.name = $1 AND e.lifecycle_stage = 'active'", name
+            f"SELECT {EXPERIMENT_COLUMNS} FROM experiments e"
+            " WHERE e.name = $1 AND e.lifecycle_stage = 'active'",
+            name,
         )
-        return _experiment(row) if row else None
+        return experiment_from_row(row) if row else None
 
     async def get_active(self, experiment_id: int) -> Experiment:
         """The experiment, which must be active: runs are not created or logged under deleted ones."""
@@ -146,7 +160,7 @@ class ExperimentStore:
         after = decode_token(page_token, int)[0] if page_token else None
         rows = await self._pool.fetch(
             f"""
-            SELECT {_COLUMNS} FROM experiments e
+            SELECT {EXPERIMENT_COLUMNS} FROM experiments e
             WHERE e.lifecycle_stage = ANY($1::text[])
               AND ($2::text IS NULL OR e.name ILIKE $2)
               AND ($3::bigint IS NULL OR e.experiment_id < $3)
@@ -158,7 +172,7 @@ class ExperimentStore:
             after,
             max_results + 1,
         )
-        experiments = [_experiment(r) for r in rows[:max_results]]
+        experiments = [experiment_from_row(r) for r in rows[:max_results]]
         token = encode_token(int(experiments[-1].experiment_id)) if len(rows) > max_results else None
         return ExperimentList(experiments=experiments, next_page_token=token)
 
