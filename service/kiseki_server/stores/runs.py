@@ -18,7 +18,7 @@ _TERMINAL = {RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED}
 
 # Params, tags and latest metrics come back as arrays of (key, value) records: one round trip per page
 # of runs, each array read through its table's primary key.
-_COLUMNS = """
+RUN_COLUMNS = """
     r.run_id, r.experiment_id, r.run_name, r.status, r.start_time, r.end_time, r.lifecycle_stage,
     r.artifact_uri, r.parent_run_id,
     ARRAY(SELECT ROW(p.key, p.value) FROM params p WHERE p.run_id = r.run_id) AS params,
@@ -98,7 +98,7 @@ class RunStore:
             return await self._fetch(conn, run_id)
 
     async def _fetch(self, conn: Any, run_id: str) -> Run:
-        row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM runs r WHERE r.run_id = $1", run_id)
+        row = await conn.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs r WHERE r.run_id = $1", run_id)
         if row is None:
             raise NotFound(f"run {run_id} not found", field="run_id")
         return run_from_row(row)
@@ -171,7 +171,7 @@ class RunStore:
             after_id = parse_run_id(after_id, field="page_token")
         rows = await self._pool.fetch(
             f"""
-            SELECT {_COLUMNS} FROM runs r
+            SELECT {RUN_COLUMNS} FROM runs r
             WHERE r.experiment_id = $1 AND r.lifecycle_stage = ANY($2::text[])
               AND ($3::bigint IS NULL OR (r.start_time, r.run_id) < ($3, $4::uuid))
             ORDER BY r.start_time DESC, r.run_id DESC
