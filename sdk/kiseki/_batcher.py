@@ -107,9 +107,13 @@ class Batcher:
     def add_metric(
         self, run_id: str, key: str, value: float, step: int, timestamp: int, *, wait: bool
     ) -> None:
+        # The hot path of every log_metric call: keep it to dict lookups and appends.
         with self._lock:
-            self._admit(run_id, wait)
-            buffer = self._buffers.get(run_id) or self._buffers.setdefault(run_id, _RunBuffer())
+            if self._errors or self._pending >= self._max_pending:
+                self._admit(run_id, wait)
+            buffer = self._buffers.get(run_id)
+            if buffer is None:
+                buffer = self._buffers[run_id] = _RunBuffer()
             columns = buffer.metrics.get(key)
             if columns is None:
                 columns = buffer.metrics[key] = ([], [], [])
@@ -118,10 +122,10 @@ class Batcher:
             columns[2].append(timestamp)
             buffer.size += 1
             self._pending += 1
-            kick = self._pending >= self._max_batch and not self._kicked
-            self._kicked |= kick
-        if kick:
-            self._kick()
+            if self._pending < self._max_batch or self._kicked:
+                return
+            self._kicked = True
+        self._kick()
 
     def add_param(self, run_id: str, key: str, value: str, *, wait: bool) -> None:
         with self._lock:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any
 
+from kiseki._artifacts import ArtifactTransfer, artifact_files
 from kiseki._batcher import Batcher
 from kiseki._http import Transport
 from kiseki.config import get_tracking_uri
@@ -17,6 +20,7 @@ from kiseki.models import (
     ExperimentGetOrCreateResult,
     ExperimentList,
     ExperimentSearch,
+    FileInfo,
     LogBatchResult,
     Metric,
     Param,
@@ -58,6 +62,7 @@ class AsyncClient:
             flush_interval=flush_interval,
             max_pending_points=max_pending_points,
         )
+        self._artifacts = ArtifactTransfer(self._http)
         self._started = False
 
     async def __aenter__(self) -> AsyncClient:
@@ -311,3 +316,38 @@ class AsyncClient:
             ]
             if not (token := data["next_page_token"]):
                 return points
+
+    # --- artifacts -----------------------------------------------------------------------------------
+
+    async def log_artifact(
+        self, run_id: str, local_path: str | Path, artifact_path: str | None = None
+    ) -> None:
+        """Upload one file to `<artifact_path>/<file name>` in the run's artifacts."""
+        local = Path(local_path)
+        if not await asyncio.to_thread(local.is_file):
+            raise FileNotFoundError(f"no file at {local}")
+        target = PurePosixPath(artifact_path or "") / local.name
+        await self._artifacts.upload(run_id, [(local, str(target))])
+
+    async def log_artifacts(
+        self, run_id: str, local_dir: str | Path, artifact_path: str | None = None
+    ) -> None:
+        """Upload every file under `local_dir` (keeping the folder layout) below `artifact_path`."""
+        folder = Path(local_dir)
+        if not await asyncio.to_thread(folder.is_dir):
+            raise NotADirectoryError(f"no folder at {folder}")
+        files = await asyncio.to_thread(lambda: list(artifact_files(folder, artifact_path)))
+        if files:
+            await self._artifacts.upload(run_id, files)
+
+    async def list_artifacts(self, run_id: str, path: str | None = None) -> list[FileInfo]:
+        """One level of the run's artifact tree under `path` (the root when None)."""
+        return await self._artifacts.list_files(run_id, path)
+
+    async def download_artifacts(
+        self, run_id: str, path: str = "", dst_path: str | Path | None = None
+    ) -> str:
+        """Download the file or folder at `path` (everything when empty) into `dst_path` (a new temporary
+        folder when None); returns the local path of the downloaded file or folder."""
+        dst = Path(dst_path) if dst_path is not None else Path(tempfile.mkdtemp(prefix="kiseki-artifacts-"))
+        return str(await self._artifacts.download(run_id, path, dst))

@@ -1,9 +1,92 @@
-"""The `kiseki` command."""
+"""The `kiseki` command: the service (`server`, `db upgrade`) and conveniences over the SDK's client."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
+
+from kiseki.client import Client
+from kiseki.errors import KisekiError
+from kiseki.models import ViewType
+
+
+def _time(ms: int | None) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def experiments_list(args: argparse.Namespace) -> int:
+    with Client(args.tracking_uri) as client:
+        view = ViewType.ALL if args.all else ViewType.ACTIVE_ONLY
+        experiments = client.search_experiments(view_type=view, max_results=args.max_results)
+    rows = [[e.experiment_id, e.name, e.lifecycle_stage.value, _time(e.creation_time)] for e in experiments]
+    print(_table(rows, ["ID", "NAME", "STAGE", "CREATED (UTC)"]))
+    return 0
+
+
+def runs_list(args: argparse.Namespace) -> int:
+    with Client(args.tracking_uri) as client:
+        experiment_id = args.experiment
+        if not experiment_id.isdigit():
+            experiment = client.get_experiment_by_name(experiment_id)
+            if experiment is None:
+                print(f"kiseki: no active experiment named {experiment_id!r}", file=sys.stderr)
+                return 1
+            experiment_id = experiment.experiment_id
+        runs = client.search_runs([experiment_id], args.filter, max_results=args.max_results)
+    rows = [
+        [
+            r.info.run_id,
+            r.info.run_name,
+            r.info.status.value,
+            _time(r.info.start_time),
+            " ".join(f"{k}={v:.4g}" for k, v in sorted(r.data.metrics.items())[:4]),
+        ]
+        for r in runs
+    ]
+    print(_table(rows, ["RUN ID", "NAME", "STATUS", "STARTED (UTC)", "METRICS"]))
+    return 0
+
+
+def artifacts_download(args: argparse.Namespace) -> int:
+    with Client(args.tracking_uri) as client:
+        local = client.download_artifacts(args.run_id, args.path, args.output)
+    print(local)
+    return 0
+
+
+def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--tracking-uri", help="kiseki server URL [env KISEKI_TRACKING_URI]")
+
+    experiments = commands.add_parser("experiments", help="list experiments").add_subparsers(required=True)
+    listing = experiments.add_parser("list", parents=[common], help="list experiments, newest first")
+    listing.add_argument("--all", action="store_true", help="include deleted experiments")
+    listing.add_argument("--max-results", type=int, default=1000)
+    listing.set_defaults(action=experiments_list)
+
+    runs = commands.add_parser("runs", help="list runs").add_subparsers(required=True)
+    listing = runs.add_parser("list", parents=[common], help="list an experiment's runs")
+    listing.add_argument("experiment", help="experiment id or name")
+    listing.add_argument("--filter", default="", help='search filter, e.g. "metrics.acc > 0.9"')
+    listing.add_argument("--max-results", type=int, default=1000)
+    listing.set_defaults(action=runs_list)
+
+    artifacts = commands.add_parser("artifacts", help="download artifacts").add_subparsers(required=True)
+    download = artifacts.add_parser("download", parents=[common], help="download a run's artifacts")
+    download.add_argument("run_id")
+    download.add_argument("path", nargs="?", default="", help="file or folder (default: everything)")
+    download.add_argument("-o", "--output", default=".", help="destination folder (default: here)")
+    download.set_defaults(action=artifacts_download)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -11,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     server = commands.add_parser("server", help="run the tracking service")
     db = commands.add_parser("db", help="database maintenance")
-    db_commands = db.add_subparsers(dest="db_command", required=True)
-    upgrade = db_commands.add_parser("upgrade", help="apply pending schema migrations (idempotent)")
+    upgrade = db.add_subparsers(dest="db_command", required=True).add_parser(
+        "upgrade", help="apply pending schema migrations (idempotent)"
+    )
+    _client_commands(commands)
     try:
         from kiseki_server import cli as server_cli  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
@@ -20,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         server_cli.add_arguments(server, upgrade)
     args = parser.parse_args(argv)
-    if server_cli is None:
-        print("kiseki: the service is not installed; run: pip install 'kiseki[server]'", file=sys.stderr)
-        return 2
-    if args.command == "server":
-        return int(server_cli.serve(args))
-    return int(server_cli.upgrade(args))
+    if args.command in ("server", "db"):
+        if server_cli is None:
+            print("kiseki: the service is not installed; run: pip install 'kiseki[server]'", file=sys.stderr)
+            return 2
+        return int(server_cli.serve(args) if args.command == "server" else server_cli.upgrade(args))
+    try:
+        return int(args.action(args))
+    except KisekiError as exc:
+        print(f"kiseki: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

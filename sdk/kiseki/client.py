@@ -7,11 +7,23 @@ import atexit
 import sys
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from time import time_ns
 from types import TracebackType
 
 from kiseki._loop import shared_loop
-from kiseki.async_client import AsyncClient, now_ms
-from kiseki.models import Experiment, LogBatchResult, Metric, Param, Run, RunStatus, RunTag, ViewType
+from kiseki.async_client import AsyncClient
+from kiseki.models import (
+    Experiment,
+    FileInfo,
+    LogBatchResult,
+    Metric,
+    Param,
+    Run,
+    RunStatus,
+    RunTag,
+    ViewType,
+)
 from kiseki.paging import PagedList
 
 _open_clients: weakref.WeakSet[Client] = weakref.WeakSet()
@@ -38,6 +50,7 @@ class Client:
             max_pending_points=max_pending_points,
         )
         self.tracking_uri = self._core.tracking_uri
+        self._batcher = self._core._batcher
         self._io.run(self._start())
         _open_clients.add(self)
 
@@ -182,15 +195,20 @@ class Client:
         self, run_id: str, key: str, value: float, timestamp: int | None = None, step: int | None = None
     ) -> None:
         """Queue one point (returns in microseconds; blocks only when the queue is full)."""
-        self._core._batcher.add_metric(
-            run_id, key, float(value), step or 0, now_ms() if timestamp is None else timestamp, wait=True
+        self._batcher.add_metric(
+            run_id,
+            key,
+            float(value),
+            step or 0,
+            time_ns() // 1_000_000 if timestamp is None else timestamp,
+            wait=True,
         )
 
     def log_param(self, run_id: str, key: str, value: object) -> None:
-        self._core._batcher.add_param(run_id, key, str(value), wait=True)
+        self._batcher.add_param(run_id, key, str(value), wait=True)
 
     def set_tag(self, run_id: str, key: str, value: object) -> None:
-        self._core._batcher.add_tag(run_id, key, str(value), wait=True)
+        self._batcher.add_tag(run_id, key, str(value), wait=True)
 
     def delete_tag(self, run_id: str, key: str) -> None:
         self._io.run(self._core.delete_tag(run_id, key))
@@ -201,6 +219,20 @@ class Client:
 
     def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
         return self._io.run(self._core.get_metric_history(run_id, key))
+
+    # --- artifacts -----------------------------------------------------------------------------------
+
+    def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self._io.run(self._core.log_artifact(run_id, local_path, artifact_path))
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self._io.run(self._core.log_artifacts(run_id, local_dir, artifact_path))
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[FileInfo]:
+        return self._io.run(self._core.list_artifacts(run_id, path))
+
+    def download_artifacts(self, run_id: str, path: str = "", dst_path: str | Path | None = None) -> str:
+        return self._io.run(self._core.download_artifacts(run_id, path, dst_path))
 
 
 @atexit.register

@@ -4,13 +4,18 @@ over. State is per process: the active experiment, a stack of active runs, and o
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from time import time_ns
 from types import TracebackType
 from typing import Any, Literal
 
+from kiseki import config
 from kiseki.client import Client
 from kiseki.config import get_tracking_uri
 from kiseki.models import Experiment, Run, RunData, RunInfo, RunStatus, ViewType
@@ -19,6 +24,7 @@ DEFAULT_EXPERIMENT = "Default"
 
 _lock = threading.RLock()
 _client: Client | None = None
+_client_uri: str | None = None
 _experiment_id: str | None = None
 _runs: list[ActiveRun] = []
 _crashed = False
@@ -30,6 +36,7 @@ class ActiveRun:
 
     def __init__(self, run: Run) -> None:
         self._run = run
+        self.run_id = run.info.run_id
         self._owner_pid = os.getpid()
 
     @property
@@ -63,10 +70,15 @@ class ActiveRun:
 
 
 def _get_client() -> Client:
-    global _client
+    """The process's client, made anew when `set_tracking_uri` changed the target (the environment is read
+    when a client is made)."""
+    global _client, _client_uri
+    client = _client
+    if client is not None and _client_uri is config._tracking_uri:
+        return client
     with _lock:
-        if _client is None or _client.tracking_uri != get_tracking_uri():
-            _client = Client()
+        if _client is None or _client_uri is not config._tracking_uri:
+            _client, _client_uri = Client(get_tracking_uri()), config._tracking_uri
         return _client
 
 
@@ -163,10 +175,10 @@ def _end(run: ActiveRun, status: RunStatus, *, raise_errors: bool) -> None:
 
 def _run_id() -> str:
     """The active run's id, starting a run first when there is none (as MLflow does)."""
-    with _lock:
-        if _runs:
-            return _runs[-1].info.run_id
-    return start_run().info.run_id
+    runs = _runs
+    if runs:
+        return runs[-1].run_id
+    return start_run().run_id
 
 
 def log_param(key: str, value: object) -> None:
@@ -181,7 +193,12 @@ def log_params(params: Mapping[str, object]) -> None:
 
 def log_metric(key: str, value: float, step: int | None = None, timestamp: int | None = None) -> None:
     """Queue one metric point; returns at once (batched in the background)."""
-    _get_client().log_metric(_run_id(), key, value, timestamp, step)
+    client = _client if _client is not None and _client_uri is config._tracking_uri else _get_client()
+    runs = _runs
+    run_id = runs[-1].run_id if runs else _run_id()
+    if timestamp is None:
+        timestamp = time_ns() // 1_000_000
+    client._batcher.add_metric(run_id, key, float(value), step or 0, timestamp, wait=True)
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None, timestamp: int | None = None) -> None:
@@ -198,6 +215,45 @@ def set_tags(tags: Mapping[str, object]) -> None:
     client, run_id = _get_client(), _run_id()
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
+
+
+def log_artifact(local_path: str | Path, artifact_path: str | None = None) -> None:
+    """Upload a file to the active run's artifacts (under `artifact_path` when given)."""
+    _get_client().log_artifact(_run_id(), local_path, artifact_path)
+
+
+def log_artifacts(local_dir: str | Path, artifact_path: str | None = None) -> None:
+    """Upload a folder's files to the active run's artifacts, keeping their layout."""
+    _get_client().log_artifacts(_run_id(), local_dir, artifact_path)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    """Save `text` as the artifact `artifact_file` (e.g. "notes/summary.txt")."""
+    _log_bytes(text.encode("utf-8"), artifact_file)
+
+
+def log_dict(dictionary: Mapping[str, Any], artifact_file: str) -> None:
+    """Save a dict as JSON (or YAML when `artifact_file` ends in .yaml/.yml and PyYAML is installed)."""
+    if artifact_file.endswith((".yaml", ".yml")):
+        import yaml  # type: ignore[import-untyped,unused-ignore]
+
+        data = yaml.safe_dump(dict(dictionary), sort_keys=False).encode("utf-8")
+    else:
+        data = json.dumps(dictionary, indent=2, default=str).encode("utf-8")
+    _log_bytes(data, artifact_file)
+
+
+def _log_bytes(data: bytes, artifact_file: str) -> None:
+    folder, _, name = artifact_file.strip("/").rpartition("/")
+    with tempfile.TemporaryDirectory(prefix="kiseki-") as tmp:
+        local = Path(tmp) / name
+        local.write_bytes(data)
+        _get_client().log_artifact(_run_id(), local, folder or None)
+
+
+def download_artifacts(run_id: str, artifact_path: str = "", dst_path: str | Path | None = None) -> str:
+    """Download a run's artifact file or folder; returns the local path."""
+    return _get_client().download_artifacts(run_id, artifact_path, dst_path)
 
 
 def flush() -> None:
