@@ -10,6 +10,9 @@ from kiseki.client import Client
 from kiseki.errors import KisekiError
 from kiseki.models import ViewType
 
+CLI_RETRY_SECONDS = 5.0
+"""Someone is waiting at a terminal: give up on an unreachable server quickly (jobs retry for minutes)."""
+
 
 def _time(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
@@ -25,7 +28,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def experiments_list(args: argparse.Namespace) -> int:
-    with Client(args.tracking_uri) as client:
+    with Client(args.tracking_uri, retry_timeout=CLI_RETRY_SECONDS) as client:
         view = ViewType.ALL if args.all else ViewType.ACTIVE_ONLY
         experiments = client.search_experiments(view_type=view, max_results=args.max_results)
     rows = [[e.experiment_id, e.name, e.lifecycle_stage.value, _time(e.creation_time)] for e in experiments]
@@ -34,7 +37,7 @@ def experiments_list(args: argparse.Namespace) -> int:
 
 
 def runs_list(args: argparse.Namespace) -> int:
-    with Client(args.tracking_uri) as client:
+    with Client(args.tracking_uri, retry_timeout=CLI_RETRY_SECONDS) as client:
         experiment_id = args.experiment
         if not experiment_id.isdigit():
             experiment = client.get_experiment_by_name(experiment_id)
@@ -58,7 +61,7 @@ def runs_list(args: argparse.Namespace) -> int:
 
 
 def artifacts_download(args: argparse.Namespace) -> int:
-    with Client(args.tracking_uri) as client:
+    with Client(args.tracking_uri, retry_timeout=CLI_RETRY_SECONDS) as client:
         local = client.download_artifacts(args.run_id, args.path, args.output)
     print(local)
     return 0
