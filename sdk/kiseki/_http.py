@@ -8,6 +8,7 @@ deletes converge), and any request that never reached the server (connection ref
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from kiseki import __version__
 from kiseki.errors import KisekiError, ServerUnavailable, error_for_status
 
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
+log = logging.getLogger("kiseki")
 
 
 def dumps(data: Any) -> bytes:
@@ -42,6 +44,7 @@ class Transport:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._session: aiohttp.ClientSession | None = None
+        self._last_warning = -1e9
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -95,6 +98,10 @@ class Transport:
                 if not idempotent:
                     raise error from exc
             attempt += 1
+            if attempt == 1 and time.monotonic() - self._last_warning > 30:
+                self._last_warning = time.monotonic()
+                remaining = deadline - time.monotonic()
+                log.warning("kiseki: %s; retrying for up to %.0f s", error.message, remaining)
             if delay is None:
                 delay = random.uniform(0, min(self._backoff_cap, self._backoff_base * 2**attempt))
             if time.monotonic() + delay > deadline:
