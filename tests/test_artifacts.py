@@ -505,6 +505,20 @@ async def test_local_uploads_take_exactly_the_declared_bytes(
 
 
 @pytest.mark.parametrize("store_kind", ["local"], indirect=True)
+async def test_local_downloads_are_never_rendered_as_pages_of_the_site(
+    api: TestClient, http: aiohttp.ClientSession
+) -> None:
+    run_id = await new_run(api)
+    await upload(api, http, run_id, {"evil page.html": b"<script>alert(1)</script>"})
+    [item] = (await download(api, run_id, "evil page.html"))["files"]
+    async with http.get(item["url"]) as response:
+        assert response.status == 200
+        assert response.headers["Content-Disposition"] == "attachment; filename*=UTF-8''evil%20page.html"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Content-Security-Policy"].startswith("sandbox")
+
+
+@pytest.mark.parametrize("store_kind", ["local"], indirect=True)
 async def test_local_file_and_folder_clashes_are_409(api: TestClient, http: aiohttp.ClientSession) -> None:
     run_id = await new_run(api)
     await upload(api, http, run_id, {"a": b"file", "d/x.txt": b"x"})

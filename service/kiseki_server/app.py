@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -11,9 +13,12 @@ from kiseki_server.appkeys import ARTIFACTS, POOL, SETTINGS, STORES
 from kiseki_server.artifacts import open_artifact_store
 from kiseki_server.config import Settings
 from kiseki_server.errors import error_middleware
-from kiseki_server.handlers import artifacts, experiments, metrics, runs, search
+from kiseki_server.handlers import artifacts, experiments, metrics, ops, runs, search
 from kiseki_server.routing import Route
+from kiseki_server.serving import DRAIN, Drain
 from kiseki_server.stores import Stores
+from kiseki_server.telemetry import TELEMETRY, Telemetry, middleware
+from kiseki_server.web import setup as setup_run_browser
 
 ROUTES: list[Route] = [*experiments.ROUTES, *runs.ROUTES, *metrics.ROUTES, *search.ROUTES, *artifacts.ROUTES]
 
@@ -46,11 +51,28 @@ async def _artifacts(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[error_middleware])
+async def _pool_gauges(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[TELEMETRY].sample_pool_forever(app[POOL]))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(settings: Settings, *, metrics_dir: str | None = None) -> web.Application:
+    """The service. `metrics_dir`: prometheus-client's multiprocess folder, shared by `--workers`."""
+    telemetry, drain = Telemetry(multiprocess_dir=metrics_dir), Drain()
+    app = web.Application(
+        client_max_size=settings.max_request_bytes,
+        middlewares=[middleware(telemetry, drain, log_access=settings.access_log), error_middleware],
+    )
     app[SETTINGS] = settings
+    app[TELEMETRY] = telemetry
+    app[DRAIN] = drain
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_artifacts)
+    app.cleanup_ctx.append(_pool_gauges)
+    ops.add_routes(app)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     spec = openapi.build(ROUTES)
@@ -59,4 +81,5 @@ def create_app(settings: Settings) -> web.Application:
         return web.json_response(spec)
 
     app.router.add_get("/api/v1/openapi.json", openapi_document)
+    setup_run_browser(app)
     return app

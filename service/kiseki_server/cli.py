@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from typing import Any
 
-from aiohttp import web
-
-from kiseki_server import db
+from kiseki_server import db, serving
 from kiseki_server.app import create_app
 from kiseki_server.config import Settings
+from kiseki_server.logs import configure_logging
 
 
 def add_arguments(server: argparse.ArgumentParser, upgrade: argparse.ArgumentParser) -> None:
@@ -23,10 +21,37 @@ def add_arguments(server: argparse.ArgumentParser, upgrade: argparse.ArgumentPar
     server.add_argument(
         "--default-artifact-root", help="artifact root of new experiments [env KISEKI_DEFAULT_ARTIFACT_ROOT]"
     )
+    server.add_argument(
+        "--workers", type=int, help="server processes sharing the port [env KISEKI_WORKERS, default 1]"
+    )
+    server.add_argument(
+        "--log-format", choices=("text", "json"), help="log lines as text or JSON [env KISEKI_LOG_FORMAT]"
+    )
+    server.add_argument(
+        "--access-log",
+        action="store_true",
+        default=None,
+        help="log one line per request [env KISEKI_ACCESS_LOG]",
+    )
+    server.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        help="seconds in-flight requests get after SIGTERM [env KISEKI_SHUTDOWN_TIMEOUT, default 25]",
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags = ("database_url", "data_dir", "host", "port", "default_artifact_root")
+    flags = (
+        "database_url",
+        "data_dir",
+        "host",
+        "port",
+        "default_artifact_root",
+        "workers",
+        "log_format",
+        "access_log",
+        "shutdown_timeout",
+    )
     overrides: dict[str, Any] = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     return Settings(**overrides)
 
@@ -43,7 +68,7 @@ def _database_url(settings: Settings) -> tuple[str, str]:
 
 def serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     dsn, where = _database_url(settings)
     applied = asyncio.run(db.upgrade(dsn))
     settings = settings.model_copy(update={"database_url": dsn})
@@ -54,20 +79,34 @@ def serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     print(f"kiseki: artifacts under {settings.artifact_root}", flush=True)
-    ready = f"kiseki: serving on {url}  (API at {url}/api/v1, OpenAPI at {url}/api/v1/openapi.json)"
-    web.run_app(
+    api = f"(API at {url}/api/v1, OpenAPI at {url}/api/v1/openapi.json)"
+    if settings.workers > 1:
+        from kiseki_server import workers
+
+        def announce(pids: list[int]) -> None:
+            running = f"{len(pids)} worker processes (pids {', '.join(map(str, pids))})"
+            print(f"kiseki: serving on {url} with {running}  {api}", flush=True)
+
+        print(
+            f"kiseki: {settings.workers} worker processes, each with up to {settings.db_pool_max_size} "
+            "Postgres connections",
+            flush=True,
+        )
+        # The embedded Postgres, if any, was started above, once, by this process; workers only connect.
+        return workers.serve(settings, on_ready=announce)
+    serving.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        print=lambda _: print(ready, flush=True),  # called once the socket is listening
-        access_log=None,
-        shutdown_timeout=30,
+        shutdown_timeout=settings.shutdown_timeout,
+        on_listening=lambda: print(f"kiseki: serving on {url}  {api}", flush=True),
     )
     return 0
 
 
 def upgrade(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    configure_logging(settings)
     dsn, where = _database_url(settings)
     applied = asyncio.run(db.upgrade(dsn))
     print(f"kiseki: {where} is up to date" + (f"; applied {', '.join(applied)}" if applied else ""))

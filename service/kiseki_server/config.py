@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,32 @@ class Settings(BaseSettings):
         "'<root>/<experiment_id>'. Unset: the 'artifacts' folder inside the data folder.",
     )
     log_level: str = Field(default="INFO", description="Python logging level of the service.")
+    # --- operations ---
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port (SO_REUSEPORT), each with its own Postgres pool; "
+        "a parent process supervises them. 1: serve from the one process.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="'text': human-readable lines; 'json': one JSON object per line (time, level, logger, "
+        "message, request_id, and method, path, status, duration_ms on access lines).",
+    )
+    access_log: bool = Field(
+        default=False, description="Log one line per request (method, path without query, status, time)."
+    )
+    shutdown_timeout: float = Field(
+        default=25.0,
+        ge=0,
+        description="Seconds in-flight requests get to finish after SIGTERM before they are cancelled.",
+    )
+    readiness_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds /readyz waits for Postgres and for the artifact store before calling it down.",
+    )
     # --- artifacts: both stores ---
     artifact_url_expiry_seconds: int = Field(
         default=3600,

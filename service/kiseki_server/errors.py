@@ -1,4 +1,5 @@
-"""Domain errors carry their HTTP status; one middleware turns every error into a JSON response."""
+"""Domain errors carry their HTTP status; one middleware turns every error into a response: JSON under
+/api/, the run browser's HTML error page elsewhere (when the app has one, see `ERROR_PAGE`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from kiseki.models import ErrorDetail, ErrorResponse
 from kiseki_server.appkeys import SETTINGS
 
 log = logging.getLogger(__name__)
+
+ErrorPage = Callable[[web.Request, int, str], web.Response]
+ERROR_PAGE: web.AppKey[ErrorPage] = web.AppKey("error_page")
+"""Renders (request, status, message) as an HTML page for paths outside /api/ (set by the run browser)."""
 
 
 class KisekiError(Exception):
@@ -85,6 +90,15 @@ _HTTP_CODES = {
 }
 
 
+def _respond(
+    request: web.Request, status: int, code: str, message: str, field: str | None = None
+) -> web.Response:
+    page = request.app.get(ERROR_PAGE)
+    if page is not None and not request.path.startswith("/api/"):
+        return page(request, status, message)
+    return error_response(status, code, message, field)
+
+
 @web.middleware
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -92,10 +106,10 @@ async def error_middleware(
     try:
         return await handler(request)
     except KisekiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.field)
+        return _respond(request, exc.status, exc.code, exc.message, exc.field)
     except pydantic.ValidationError as exc:
         err = validation_error(exc)
-        return error_response(err.status, err.code, err.message, err.field)
+        return _respond(request, err.status, err.code, err.message, err.field)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -104,7 +118,7 @@ async def error_middleware(
             message = (
                 f"request body is larger than the limit of {request.app[SETTINGS].max_request_bytes} bytes"
             )
-        return error_response(exc.status, _HTTP_CODES.get(exc.status, "HTTP_ERROR"), message)
+        return _respond(request, exc.status, _HTTP_CODES.get(exc.status, "HTTP_ERROR"), message)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "INTERNAL_ERROR", "internal server error; the service log has details")
+        return _respond(request, 500, "INTERNAL_ERROR", "internal server error; the service log has details")

@@ -104,6 +104,14 @@ class LocalArtifactStore(ArtifactStore):
         except OSError as exc:
             raise ServiceUnavailable(f"{self.description} failed: {exc.strerror or exc}") from exc
 
+    async def ping(self) -> None:
+        """The root folder exists and this process may write to it (checked in a thread: it may be NFS)."""
+        usable = await asyncio.to_thread(
+            lambda: self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)
+        )
+        if not usable:
+            raise ServiceUnavailable(f"{self.description} is unavailable: the folder is missing or read-only")
+
     def _check_writable(self, run: RunArtifacts, path: str) -> None:
         """409 early, when a file of the run sits where `path` needs a folder or the other way round."""
         target = self._path(run, path)

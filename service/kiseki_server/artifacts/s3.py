@@ -125,6 +125,11 @@ class S3ArtifactStore(ArtifactStore):
         except (TimeoutError, BotoCoreError, aiohttp.ClientError) as exc:
             raise ServiceUnavailable(f"{self.description} is unreachable: {exc}") from None
 
+    async def ping(self) -> None:
+        """HEAD the bucket: proves the endpoint answers, the credentials work and the bucket exists."""
+        with self._storage(missing=ServiceUnavailable(f"{self.description}: the bucket does not exist")):
+            await self._client.head_bucket(Bucket=self.bucket)
+
     async def _presign(self, operation: str, params: dict[str, Any]) -> str:
         with self._storage():
             url: str = await self._presigner.generate_presigned_url(

@@ -95,6 +95,13 @@ class ArtifactStore(ABC):
     def description(self) -> str:
         """What and where the storage is, for error messages: 'S3 storage at http://…'."""
 
+    @abstractmethod
+    async def ping(self) -> None:
+        """Return when the storage answers and can be used; raise ServiceUnavailable saying why not.
+
+        Cheap enough for a readiness probe every few seconds: one request to storage at most.
+        """
+
     # --- primitives ---------------------------------------------------------------------------------
 
     @abstractmethod

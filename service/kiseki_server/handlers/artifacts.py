@@ -6,6 +6,8 @@ the URLs point back at this service's `/artifacts/data` route, which checks thei
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from aiohttp import web
 
 from kiseki.models import (
@@ -134,8 +136,16 @@ async def write_data(request: web.Request) -> web.Response:
 
 async def read_data(request: web.Request) -> web.StreamResponse:
     store = _local(request)
-    grant = store.signer.verify("GET", run_id_of(request), _signed_path(request), request.query)
-    return web.FileResponse(store.readable(await _run(request), grant))
+    path = _signed_path(request)
+    grant = store.signer.verify("GET", run_id_of(request), path, request.query)
+    # Artifacts are untrusted content served from kiseki's own origin: never let a browser render an
+    # uploaded HTML or SVG file as a page of this site (an <img> still shows images).
+    headers = {
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(path.rsplit('/', 1)[-1])}",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox; default-src 'none'",
+    }
+    return web.FileResponse(store.readable(await _run(request), grant), headers=headers)
 
 
 _ROOT = "/api/v1/runs/{run_id}/artifacts"

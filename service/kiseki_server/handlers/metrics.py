@@ -11,6 +11,7 @@ from kiseki_server.handlers.runs import run_id_of
 from kiseki_server.http_io import json_response, model_response, query_int, query_str, read_model
 from kiseki_server.metric_codec import Points
 from kiseki_server.routing import PAGING, Query, Route
+from kiseki_server.telemetry import TELEMETRY
 
 MAX_HISTORY_PAGE = 1_000_000
 DEFAULT_HISTORY_PAGE = 100_000
@@ -37,7 +38,9 @@ def history_body(key: str, points: Points, next_page_token: str | None = None) -
 async def log_batch(request: web.Request) -> web.Response:
     run_id = run_id_of(request)
     body = await read_model(request, LogBatch)
-    return model_response(await request.app[STORES].metrics.log_batch(run_id, body))
+    result = await request.app[STORES].metrics.log_batch(run_id, body)
+    request.app[TELEMETRY].observe_batch(applied=result.applied, points=result.points)
+    return model_response(result)
 
 
 def _key(request: web.Request) -> str:

@@ -210,6 +210,40 @@ class MetricStore:
     async def downsampled(self, run_id: str, key: str, *, max_points: int) -> Points:
         return downsample(await self._points(run_id, key, None), max_points)
 
+    async def downsampled_many(
+        self, series: list[tuple[str, str]], *, max_points: int
+    ) -> dict[tuple[str, str], Points]:
+        """`downsampled` for many (run_id, key) pairs in one query (charts of a run or a comparison).
+        Pairs without points are left out."""
+        if not series:
+            return {}
+        rows = await self._pool.fetch(
+            """
+            SELECT c.run_id, c.key, c.data
+            FROM metric_chunks c JOIN unnest($1::uuid[], $2::text[]) AS s(run_id, key)
+                 ON c.run_id = s.run_id AND c.key = s.key
+            ORDER BY c.run_id, c.key, c.chunk_id
+            """,
+            [run_id for run_id, _ in series],
+            [key for _, key in series],
+        )
+        chunks: dict[tuple[str, str], list[Points]] = {}
+        for row in rows:
+            chunks.setdefault((row["run_id"], row["key"]), []).append(metric_codec.decode(row["data"]))
+        return {
+            pair: downsample(
+                _sorted(
+                    Points(
+                        np.concatenate([p.steps for p in parts]),
+                        np.concatenate([p.timestamps for p in parts]),
+                        np.concatenate([p.values for p in parts]),
+                    )
+                ),
+                max_points,
+            )
+            for pair, parts in chunks.items()
+        }
+
 
 def _point(points: Points, i: int) -> tuple[float, int, int]:
     return float(points.values[i]), int(points.steps[i]), int(points.timestamps[i])
