@@ -5,24 +5,19 @@ from __future__ import annotations
 from aiohttp import web
 
 from kiseki.models import ExperimentList, ExperimentSearch, RunList, RunSearch
-from kiseki_server.appkeys import POOL
+from kiseki_server.appkeys import STORES
 from kiseki_server.http_io import model_response, read_model
 from kiseki_server.routing import Route
-from kiseki_server.stores.search import SearchStore
-
-
-def _store(request: web.Request) -> SearchStore:
-    return SearchStore(request.app[POOL])
 
 
 async def search_runs(request: web.Request) -> web.Response:
     body = await read_model(request, RunSearch)
-    return model_response(await _store(request).search_runs(body))
+    return model_response(await request.app[STORES].search.search_runs(body))
 
 
 async def search_experiments(request: web.Request) -> web.Response:
     body = await read_model(request, ExperimentSearch)
-    return model_response(await _store(request).search_experiments(body))
+    return model_response(await request.app[STORES].search.search_experiments(body))
 
 
 ROUTES = [

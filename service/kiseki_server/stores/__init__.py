@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from kiseki_server.stores.browse import BrowseStore
 from kiseki_server.stores.experiments import ExperimentStore
 from kiseki_server.stores.metrics import MetricStore
 from kiseki_server.stores.runs import RunStore
+from kiseki_server.stores.search import SearchStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +18,8 @@ class Stores:
     experiments: ExperimentStore
     runs: RunStore
     metrics: MetricStore
+    search: SearchStore
+    browse: BrowseStore
 
     @classmethod
     def open(cls, pool: asyncpg.Pool, *, artifact_root: str) -> Stores:
@@ -23,4 +27,6 @@ class Stores:
             experiments=ExperimentStore(pool, artifact_root=artifact_root),
             runs=RunStore(pool),
             metrics=MetricStore(pool),
+            search=SearchStore(pool),
+            browse=BrowseStore(pool),
         )

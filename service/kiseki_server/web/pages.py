@@ -10,15 +10,13 @@ import pydantic
 from aiohttp import web
 
 from kiseki.models import Run, RunList, RunSearch
-from kiseki_server.appkeys import POOL, STORES
+from kiseki_server.appkeys import STORES
 from kiseki_server.errors import InvalidInput, KisekiError, validation_error
 from kiseki_server.http_io import query_str
 from kiseki_server.metric_codec import Points
 from kiseki_server.search.ast import FilterError
-from kiseki_server.stores.browse import BrowseStore
 from kiseki_server.stores.experiments import parse_experiment_id
 from kiseki_server.stores.runs import parse_run_id
-from kiseki_server.stores.search import SearchStore
 from kiseki_server.web import charts, files, views
 from kiseki_server.web.render import render
 
@@ -30,10 +28,6 @@ CHART_POINTS = 500
 """Points per curve on a run page: about one per pixel of a chart's width."""
 COMPARE_POINTS_BUDGET = 3000
 """Points per chart on the compare page, shared by its curves."""
-
-
-def _browse(request: web.Request) -> BrowseStore:
-    return BrowseStore(request.app[POOL])
 
 
 def _series(label: str, points: Points | None, style: charts.Style) -> charts.Series | None:
@@ -59,7 +53,9 @@ async def experiments_page(request: web.Request) -> web.Response:
     found = await request.app[STORES].experiments.search(
         name_like=pattern, max_results=EXPERIMENTS_PAGE, page_token=page_token
     )
-    summaries = await _browse(request).experiment_summaries([int(e.experiment_id) for e in found.experiments])
+    summaries = await request.app[STORES].browse.experiment_summaries(
+        [int(e.experiment_id) for e in found.experiments]
+    )
     next_url = None
     if found.next_page_token:
         next_url = views.url("/", [("name", name), ("page_token", found.next_page_token)])
@@ -80,7 +76,7 @@ async def experiment_page(request: web.Request) -> web.Response:
     """One experiment's runs: filter, sort, keyset pages, chosen columns, a form to compare runs."""
     experiment_id = parse_experiment_id(request.match_info["experiment_id"])
     q = views.RunTableQuery.parse(request)
-    stores, browse = request.app[STORES], _browse(request)
+    stores, browse = request.app[STORES], request.app[STORES].browse
     experiment, keys, summaries = await asyncio.gather(
         stores.experiments.get(experiment_id),
         browse.common_keys(experiment_id, view_type=q.view_type),
@@ -98,7 +94,7 @@ async def experiment_page(request: web.Request) -> web.Response:
             page_token=q.page_token,
             view_type=q.view_type,
         )
-        runs = await SearchStore(request.app[POOL]).search_runs(search)
+        runs = await request.app[STORES].search.search_runs(search)
     except pydantic.ValidationError as exc:
         filter_error = validation_error(exc)
     except InvalidInput as exc:
@@ -143,7 +139,7 @@ async def run_page(request: web.Request) -> web.Response:
     drawn = keys[:MAX_CHARTS]
     experiment, family, histories, listing = await asyncio.gather(
         stores.experiments.get(int(run.info.experiment_id)),
-        _browse(request).family(run_id, run.info.parent_run_id),
+        request.app[STORES].browse.family(run_id, run.info.parent_run_id),
         stores.metrics.downsampled_many([(run_id, k) for k in drawn], max_points=CHART_POINTS),
         files.listing(
             request,
@@ -193,7 +189,7 @@ async def compare_page(request: web.Request) -> web.Response:
     if len(ids) > MAX_COMPARE:
         raise InvalidInput(f"compare at most {MAX_COMPARE} runs at a time, got {len(ids)}", field="runs")
     x = _x_axis(request)
-    runs = await _browse(request).runs(ids)
+    runs = await request.app[STORES].browse.runs(ids)
     keys = sorted({k for run in runs for k in run.data.metrics})
     drawn = keys[:MAX_CHARTS]
     pairs = [(run.info.run_id, k) for k in drawn for run in runs if k in run.data.metrics]
