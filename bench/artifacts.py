@@ -37,11 +37,10 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import free_port, machine_facts, postgres
+from bench.common import RESULTS, free_port, machine_facts, postgres, write_section
 from tests.s3 import S3Server, create_bucket, seaweedfs
 
 MiB = 1024 * 1024
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Artifacts (issue 3)"
 PART_SIZE = 16 * MiB  # the service's default part size (KISEKI_ARTIFACT_MULTIPART_PART_SIZE)
 PARALLEL_PARTS = 4
@@ -418,17 +417,6 @@ def report(args: argparse.Namespace, s3: dict[str, Measure], local: dict[str, Me
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end:] if end >= 0 else "")
-    RESULTS.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -448,7 +436,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(section)
     if args.write:
-        write_section(section)
+        write_section(SECTION, section)
         print(f"updated {RESULTS}")
 
 

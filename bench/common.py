@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -12,11 +13,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import numpy as np
 
 
 def free_port() -> int:
@@ -107,3 +110,75 @@ def kiseki_server(database_url: str, *extra: str) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+T0 = 1_700_000_000_000
+"""Epoch ms the seeded runs start from."""
+
+
+def write_section(section: str, text: str) -> None:
+    """Replace (or add) one benchmark's `## ...` section of bench/RESULTS.md, leaving the others alone."""
+    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(current):
+        updated = pattern.sub(lambda _: text.rstrip() + "\n\n", current)
+    else:
+        updated = current.rstrip() + "\n\n" + text.rstrip() + "\n"
+    RESULTS.write_text(updated.rstrip() + "\n")
+
+
+async def copy_runs(
+    conn: asyncpg.Connection,
+    experiment_id: int,
+    first: int,
+    n: int,
+    rng: np.random.Generator,
+    *,
+    statuses: tuple[str, ...] = ("FINISHED",),
+    duration_ms: int = 500,
+    latest_step: int = 100,
+) -> list[uuid.UUID]:
+    """COPY `n` runs numbered from `first` into an experiment, each with 5 params (10 values), 5 latest
+    metrics and 2 tags (one of 7 values, one of 1,000), as log_batch would have stored them."""
+    ids = [uuid.uuid4() for _ in range(n)]
+    starts = (T0 + (first + np.arange(n)) * 1000).tolist()
+    await conn.copy_records_to_table(
+        "runs",
+        records=[
+            (
+                rid,
+                experiment_id,
+                f"run-{first + i}",
+                statuses[i % len(statuses)],
+                starts[i],
+                starts[i] + duration_ms,
+            )
+            for i, rid in enumerate(ids)
+        ],
+        columns=["run_id", "experiment_id", "run_name", "status", "start_time", "end_time"],
+    )
+    values = rng.integers(0, 10, (5, n)).tolist()
+    await conn.copy_records_to_table(
+        "params",
+        records=[(rid, f"p{k}", f"v{values[k][i]}") for i, rid in enumerate(ids) for k in range(5)],
+        columns=["run_id", "key", "value"],
+    )
+    metrics = rng.random((5, n)).tolist()
+    await conn.copy_records_to_table(
+        "latest_metrics",
+        records=[
+            (rid, f"m{k}", metrics[k][i], latest_step, T0) for i, rid in enumerate(ids) for k in range(5)
+        ],
+        columns=["run_id", "key", "value", "step", "timestamp"],
+    )
+    await conn.copy_records_to_table(
+        "tags",
+        records=[
+            (rid, key, value)
+            for i, rid in enumerate(ids)
+            for key, value in (("t0", f"tag-{i % 7}"), ("t1", f"user-{(first + i) % 1000}"))
+        ],
+        columns=["run_id", "key", "value"],
+    )
+    return ids

@@ -15,21 +15,18 @@ import asyncio
 import io
 import logging
 import multiprocessing as mp
-import re
 import statistics
 import time
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from bench.common import kiseki_server, machine_facts, postgres, postgres_version
+from bench.common import RESULTS, kiseki_server, machine_facts, postgres, postgres_version, write_section
 from kiseki_server.app import create_app
 from kiseki_server.config import Settings
 from kiseki_server.logs import ACCESS_LOGGER, log_handler
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Operations (issue 7)"
 
 
@@ -210,17 +207,6 @@ def section(facts: str, pg: str, by_workers: dict[int, dict[str, float]], cost: 
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or add) this benchmark's section of bench/RESULTS.md, leaving the others alone."""
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text.rstrip() + "\n\n", current)
-    else:
-        updated = current.rstrip() + "\n\n" + text.rstrip() + "\n"
-    RESULTS.write_text(updated.rstrip() + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -237,7 +223,7 @@ def main() -> None:
     text = section(machine_facts(), pg, by_workers, cost)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"updated {RESULTS}")
 
 

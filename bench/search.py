@@ -17,8 +17,6 @@ import argparse
 import asyncio
 import re
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,13 +25,20 @@ import asyncpg
 import numpy as np
 import orjson
 
-from bench.common import kiseki_server, machine_facts, postgres, postgres_version
+from bench.common import (
+    RESULTS,
+    copy_runs,
+    kiseki_server,
+    machine_facts,
+    postgres,
+    postgres_version,
+    write_section,
+)
 from kiseki.models import RunSearch
 from kiseki_server import db
 from kiseki_server.stores.runs import RUN_COLUMNS
 from kiseki_server.stores.search import Explained, SearchStore
 
-T0 = 1_700_000_000_000
 CHUNK = 50_000
 FILTERED = {
     "filter": "metrics.m0 > 0.5 and params.p1 = 'v3'",
@@ -41,7 +46,6 @@ FILTERED = {
     "max_results": 100,
 }
 SEARCH_INDEXES = ["latest_metrics_by_value", "params_by_value", "tags_by_value", "runs_by_start_time"]
-RESULTS = Path(__file__).with_name("RESULTS.md")
 INTRO = """\
 Runs have 5 params, 5 metrics and 2 tags (one of 7 values, one of 1,000), in one experiment
 (searched by id, or across all experiments). One client, one request at a time over keep-alive HTTP
@@ -81,41 +85,7 @@ async def seed(url: str, n_runs: int) -> int:
         )
         rng = np.random.default_rng(5)
         for start in range(0, n_runs, CHUNK):
-            n = min(CHUNK, n_runs - start)
-            ids = [uuid.uuid4() for _ in range(n)]
-            starts = (T0 + (start + np.arange(n)) * 1000).tolist()
-            await conn.copy_records_to_table(
-                "runs",
-                records=[
-                    (rid, experiment_id, f"run-{start + i}", "FINISHED", starts[i], starts[i] + 500)
-                    for i, rid in enumerate(ids)
-                ],
-                columns=["run_id", "experiment_id", "run_name", "status", "start_time", "end_time"],
-            )
-            # A run's params (metrics, tags) are written together, as one log_batch would write them.
-            values = rng.integers(0, 10, (5, n)).tolist()
-            await conn.copy_records_to_table(
-                "params",
-                records=[(rid, f"p{k}", f"v{values[k][i]}") for i, rid in enumerate(ids) for k in range(5)],
-                columns=["run_id", "key", "value"],
-            )
-            metrics = rng.random((5, n)).tolist()
-            await conn.copy_records_to_table(
-                "latest_metrics",
-                records=[
-                    (rid, f"m{k}", metrics[k][i], 100, T0) for i, rid in enumerate(ids) for k in range(5)
-                ],
-                columns=["run_id", "key", "value", "step", "timestamp"],
-            )
-            await conn.copy_records_to_table(
-                "tags",
-                records=[
-                    (rid, key, value)
-                    for i, rid in enumerate(ids)
-                    for key, value in (("t0", f"tag-{i % 7}"), ("t1", f"user-{(start + i) % 1000}"))
-                ],
-                columns=["run_id", "key", "value"],
-            )
+            await copy_runs(conn, experiment_id, start, min(CHUNK, n_runs - start), rng)
         # What autovacuum reaches in steady state: statistics, and a visibility map for index-only scans.
         await conn.execute("VACUUM (FREEZE, ANALYZE)")
         return experiment_id
@@ -242,17 +212,6 @@ def report(facts: str, pg: str, sections: list[str]) -> str:
     )
 
 
-def write_section(text: str) -> None:
-    """Replace (or add) this benchmark's section of bench/RESULTS.md, leaving the others alone."""
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text.rstrip() + "\n\n", current)
-    else:
-        updated = current.rstrip() + "\n\n" + text.rstrip() + "\n"
-    RESULTS.write_text(updated.rstrip() + "\n")
-
-
 async def one_size(admin_url: str, n_runs: int) -> tuple[str, str]:
     name = f"kiseki_bench_search_{n_runs}"
     admin = await asyncpg.connect(admin_url)
@@ -306,7 +265,7 @@ async def main_async(sizes: list[int], write: bool) -> None:
             sections.append(section)
     text = report(machine_facts(), pg, sections)
     if write:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"wrote {RESULTS}")
 
 

@@ -19,23 +19,29 @@ import re
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 import numpy as np
 
-from bench.common import kiseki_server, machine_facts, postgres, postgres_version
+from bench.common import (
+    RESULTS,
+    T0,
+    copy_runs,
+    kiseki_server,
+    machine_facts,
+    postgres,
+    postgres_version,
+    write_section,
+)
 from kiseki_server import db, metric_codec
 from kiseki_server.metric_codec import Points
 
-T0 = 1_700_000_000_000
 CHUNK = 50_000
 HISTORY_RUNS = 20
 HISTORY_POINTS = 1_000
 BIG_POINTS = 100_000
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Run browser (issue 6)"
 TARGET_MS = 200.0
 NOTES = """\
@@ -77,44 +83,17 @@ async def seed(url: str, n_runs: int) -> tuple[int, list[str], str]:
         )
         rng = np.random.default_rng(6)
         all_ids: list[uuid.UUID] = []
+        statuses = ("FINISHED", "FINISHED", "FINISHED", "FAILED", "KILLED", "RUNNING")
         for start in range(0, n_runs, CHUNK):
-            n = min(CHUNK, n_runs - start)
-            ids = [uuid.uuid4() for _ in range(n)]
-            all_ids += ids
-            starts = (T0 + (start + np.arange(n)) * 1000).tolist()
-            statuses = ["FINISHED", "FINISHED", "FINISHED", "FAILED", "KILLED", "RUNNING"]
-            await conn.copy_records_to_table(
-                "runs",
-                records=[
-                    (rid, experiment_id, f"run-{start + i}", statuses[i % 6], starts[i], starts[i] + 61_000)
-                    for i, rid in enumerate(ids)
-                ],
-                columns=["run_id", "experiment_id", "run_name", "status", "start_time", "end_time"],
-            )
-            values = rng.integers(0, 10, (5, n)).tolist()
-            await conn.copy_records_to_table(
-                "params",
-                records=[(rid, f"p{k}", f"v{values[k][i]}") for i, rid in enumerate(ids) for k in range(5)],
-                columns=["run_id", "key", "value"],
-            )
-            metrics = rng.random((5, n)).tolist()
-            await conn.copy_records_to_table(
-                "latest_metrics",
-                records=[
-                    (rid, f"m{k}", metrics[k][i], HISTORY_POINTS - 1, T0)
-                    for i, rid in enumerate(ids)
-                    for k in range(5)
-                ],
-                columns=["run_id", "key", "value", "step", "timestamp"],
-            )
-            await conn.copy_records_to_table(
-                "tags",
-                records=[
-                    (rid, key, value)
-                    for i, rid in enumerate(ids)
-                    for key, value in (("t0", f"tag-{i % 7}"), ("t1", f"user-{(start + i) % 1000}"))
-                ],
-                columns=["run_id", "key", "value"],
+            all_ids += await copy_runs(
+                conn,
+                experiment_id,
+                start,
+                min(CHUNK, n_runs - start),
+                rng,
+                statuses=statuses,
+                duration_ms=61_000,
+                latest_step=HISTORY_POINTS - 1,
             )
         # Histories: the newest runs, so they are on the experiment page's first page too.
         history_ids = all_ids[-HISTORY_RUNS:]
@@ -210,17 +189,6 @@ async def measure(base: str, experiment_id: int, history: list[str], big: str, n
     return rows
 
 
-def write_section(text: str) -> None:
-    """Replace (or add) this benchmark's section of bench/RESULTS.md, leaving the others alone."""
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text.rstrip() + "\n\n", current)
-    else:
-        updated = current.rstrip() + "\n\n" + text.rstrip() + "\n"
-    RESULTS.write_text(updated.rstrip() + "\n")
-
-
 async def one_size(admin_url: str, n_runs: int, requests: int) -> str:
     name = f"kiseki_bench_ui_{n_runs}"
     admin = await asyncpg.connect(admin_url)
@@ -262,7 +230,7 @@ async def main_async(sizes: list[int], requests: int, write: bool) -> None:
     )
     print(text)
     if write:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"wrote {RESULTS}")
 
 
