@@ -436,6 +436,23 @@ async def test_purge_deletes_for_good_but_soft_delete_keeps(
     assert await call(api, "DELETE", _root(run_id)) == {"deleted_files": 0, "aborted_uploads": 0}
 
 
+async def test_purging_an_experiment_purges_all_its_runs_and_nothing_else(
+    api: TestClient, http: aiohttp.ClientSession
+) -> None:
+    doomed, kept = await new_experiment(api, "doomed"), await new_experiment(api, "kept")
+    runs = [await new_run(api, doomed) for _ in range(3)]
+    other = await new_run(api, kept)
+    for run_id in [*runs, other]:
+        await upload(api, http, run_id, {"model/w.bin": b"w", "log.txt": b"l"})
+    await call(api, "DELETE", f"/api/v1/runs/{runs[0]}")  # soft-deleted runs are purged too
+    purged = await call(api, "DELETE", f"/api/v1/experiments/{doomed}/artifacts")
+    assert purged == {"deleted_files": 6, "aborted_uploads": 0}
+    for run_id in runs:
+        assert await listing(api, run_id) == []
+    assert len(await listing(api, other)) == 2, "another experiment's artifacts are untouched"
+    await call(api, "DELETE", "/api/v1/experiments/999999/artifacts", 404)
+
+
 async def test_unreachable_storage_is_503(store_kind: str, make_client: MakeClient, tmp_path: Path) -> None:
     if store_kind == "s3":
         api = await make_client(s3_endpoint_url=f"http://127.0.0.1:{free_port()}", s3_max_attempts=1)

@@ -11,7 +11,7 @@ import asyncio
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -272,3 +272,12 @@ class ArtifactStore(ABC):
 
     async def purge(self, run: RunInfo) -> ArtifactPurge:
         return await self._purge(self.locate(run))
+
+    async def purge_many(self, runs: Sequence[RunInfo]) -> ArtifactPurge:
+        """Purge several runs (an experiment's): all of them or, if any lies outside the root, none."""
+        where = [self.locate(run) for run in runs]
+        done = await gather_bounded(self._purge(run) for run in where)
+        return ArtifactPurge(
+            deleted_files=sum(d.deleted_files for d in done),
+            aborted_uploads=sum(d.aborted_uploads for d in done),
+        )

@@ -31,6 +31,7 @@ from kiseki_server.errors import InvalidInput, NotFound
 from kiseki_server.handlers.runs import run_id_of
 from kiseki_server.http_io import model_response, query_int, query_str, read_model
 from kiseki_server.routing import Query, Route
+from kiseki_server.stores.experiments import parse_experiment_id
 
 MAX_PAGE = 1000
 _BODY_CHUNK = 1024 * 1024
@@ -106,6 +107,14 @@ async def download(request: web.Request) -> web.Response:
 
 async def purge(request: web.Request) -> web.Response:
     return model_response(await request.app[ARTIFACTS].purge(await _run(request)))
+
+
+async def purge_experiment(request: web.Request) -> web.Response:
+    experiment_id = parse_experiment_id(request.match_info["experiment_id"])
+    stores = request.app[STORES]
+    await stores.experiments.get(experiment_id)
+    runs = await stores.runs.infos_for_experiment(experiment_id)
+    return model_response(await request.app[ARTIFACTS].purge_many(runs))
 
 
 # --- the local store's signed URLs ------------------------------------------------------------------
@@ -219,6 +228,13 @@ ROUTES = [
         _ROOT,
         purge,
         "Delete all of a run's artifacts from storage for good (deleting the run itself keeps them)",
+        response=ArtifactPurge,
+    ),
+    Route(
+        "DELETE",
+        "/api/v1/experiments/{experiment_id}/artifacts",
+        purge_experiment,
+        "Delete the artifacts of every run of an experiment for good (deleting it keeps them)",
         response=ArtifactPurge,
     ),
     Route(

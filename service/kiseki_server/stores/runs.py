@@ -35,19 +35,23 @@ def parse_run_id(value: str, *, field: str = "run_id") -> str:
         raise InvalidInput(f"{field} must be a 32-hex run id, got {value!r}", field=field) from None
 
 
+def info_from_row(row: asyncpg.Record) -> RunInfo:
+    return RunInfo(
+        run_id=row["run_id"],
+        experiment_id=str(row["experiment_id"]),
+        run_name=row["run_name"],
+        status=row["status"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        lifecycle_stage=row["lifecycle_stage"],
+        artifact_uri=row["artifact_uri"],
+        parent_run_id=row["parent_run_id"],
+    )
+
+
 def run_from_row(row: asyncpg.Record) -> Run:
     return Run(
-        info=RunInfo(
-            run_id=row["run_id"],
-            experiment_id=str(row["experiment_id"]),
-            run_name=row["run_name"],
-            status=row["status"],
-            start_time=row["start_time"],
-            end_time=row["end_time"],
-            lifecycle_stage=row["lifecycle_stage"],
-            artifact_uri=row["artifact_uri"],
-            parent_run_id=row["parent_run_id"],
-        ),
+        info=info_from_row(row),
         data=RunData(params=dict(row["params"]), tags=dict(row["tags"]), metrics=dict(row["metrics"])),
     )
 
@@ -156,6 +160,12 @@ class RunStore:
         if status == "DELETE 0":
             await self.get(run_id)  # a 404 for the run if it is the run that is missing
             raise NotFound(f"run {run_id} has no tag '{key}'", field="key")
+
+    async def infos_for_experiment(self, experiment_id: int) -> list[RunInfo]:
+        """Every run of an experiment, deleted ones too, without params, tags or metrics."""
+        query = "SELECT * FROM runs WHERE experiment_id = $1 ORDER BY run_id"
+        rows = await self._pool.fetch(query, experiment_id)
+        return [info_from_row(row) for row in rows]
 
     async def list_for_experiment(
         self,
