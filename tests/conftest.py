@@ -116,19 +116,25 @@ async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await connection.close()
 
 
-def create_database(postgres_url: str, name: str) -> str:
+def create_database(postgres_url: str, name: str, *, template: str | None = TEMPLATE) -> str:
     """A new database cloned from the migrated template (for fixtures wider than one test)."""
+    clone = f" TEMPLATE {template}" if template else ""
 
     async def create() -> None:
         admin = await asyncpg.connect(postgres_url)
         try:
             await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+            await admin.execute(f"CREATE DATABASE {name}{clone}")
         finally:
             await admin.close()
 
     asyncio.run(create())
     return with_database(postgres_url, name)
+
+
+def empty_database(postgres_url: str, name: str) -> str:
+    """A new database with no schema at all."""
+    return create_database(postgres_url, name, template=None)
 
 
 @pytest.fixture(scope="session")

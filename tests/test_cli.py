@@ -9,6 +9,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from tests.conftest import empty_database
 from tests.servers import kiseki_server
 
 
@@ -43,12 +44,17 @@ def test_zero_configuration_server_uses_an_embedded_postgres_and_keeps_data():
         assert again["experiment_id"] == experiment["experiment_id"], "a restart reuses the data folder"
 
 
-def test_db_upgrade_is_idempotent(database_url):
-    for _ in range(2):
-        out = subprocess.run(
+def test_db_upgrade_migrates_once_and_is_then_idempotent(postgres_url):
+    database_url = empty_database(postgres_url, "kiseki_test_cli_upgrade")
+    outputs = [
+        subprocess.run(
             [sys.executable, "-m", "kiseki", "db", "upgrade", "--database-url", database_url],
             capture_output=True,
             text=True,
             check=True,
-        )
-        assert "up to date" in out.stdout
+        ).stdout
+        for _ in range(2)
+    ]
+    assert "applied 0001_initial.sql" in outputs[0], outputs[0]
+    assert "up to date" in outputs[1]
+    assert "applied" not in outputs[1], "a second upgrade must not apply anything"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -256,8 +257,6 @@ class AsyncClient:
         batch_id: str | None = None,
     ) -> LogBatchResult:
         """Log at once, all or nothing (not through the background queue); retried safely by batch id."""
-        import uuid
-
         body = {
             "batch_id": batch_id or str(uuid.uuid4()),
             "metrics": [m.model_dump(exclude_none=True) for m in metrics],

@@ -104,9 +104,12 @@ class ExperimentStore:
             if experiment_id is None:
                 return None
             if tags:
-                await conn.executemany(
-                    "INSERT INTO experiment_tags (experiment_id, key, value) VALUES ($1, $2, $3)",
-                    [(experiment_id, k, v) for k, v in sorted(tags.items())],
+                await conn.execute(
+                    "INSERT INTO experiment_tags (experiment_id, key, value)"
+                    " SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)",
+                    experiment_id,
+                    list(tags),
+                    list(tags.values()),
                 )
             return await self._fetch(conn, experiment_id)
 

@@ -95,9 +95,12 @@ class RunStore:
                     f"experiment {experiment_id} is deleted; restore it first", field="experiment_id"
                 )
             if request.tags:
-                await conn.executemany(
-                    "INSERT INTO tags (run_id, key, value) VALUES ($1, $2, $3)",
-                    [(run_id, k, v) for k, v in sorted(request.tags.items())],
+                await conn.execute(
+                    "INSERT INTO tags (run_id, key, value)"
+                    " SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)",
+                    run_id,
+                    list(request.tags),
+                    list(request.tags.values()),
                 )
             return await self._fetch(conn, run_id)
 
