@@ -63,6 +63,10 @@ async def test_update_status_sets_end_time(client):
     assert renamed["info"]["run_name"] == "best"
     assert renamed["info"]["end_time"] == 5
     assert renamed["info"]["status"] == "FINISHED"
+    failed = await call(client, "PATCH", f"{API}/{run_id}", json={"status": "FAILED"})
+    assert failed["info"]["end_time"] == 5, "a stored end time is kept when none is given"
+    resumed = await call(client, "PATCH", f"{API}/{run_id}", json={"status": "RUNNING"})
+    assert resumed["info"]["status"] == "RUNNING"
 
 
 async def test_nested_runs(client):

@@ -106,43 +106,44 @@ class RunStore:
 
     async def _fetch(self, conn: Any, run_id: str) -> Run:
         row = await conn.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs r WHERE r.run_id = $1", run_id)
-        if row is None:
-            raise NotFound(f"run {run_id} not found", field="run_id")
-        return run_from_row(row)
+        return self._found(row, run_id)
 
     async def get(self, run_id: str) -> Run:
         return await self._fetch(self._pool, run_id)
 
     async def update(self, run_id: str, request: RunUpdate) -> Run:
-        end_time = request.end_time
-        if end_time is None and request.status in _TERMINAL:
-            end_time = now_ms()
-        status = await self._pool.execute(
-            """
-            UPDATE runs SET status = coalesce($2, status),
-                            end_time = CASE WHEN $2 IS NULL OR $2 IN ('RUNNING', 'SCHEDULED')
-                                            THEN coalesce($3, end_time)
-                                            ELSE coalesce($3, end_time, $4) END,
-                            run_name = coalesce($5, run_name)
-            WHERE run_id = $1
+        """Changes what the request names; a terminal status without an end time (and none stored yet)
+        ends the run now."""
+        ended_now = now_ms() if request.status in _TERMINAL else None
+        row = await self._pool.fetchrow(
+            f"""
+            UPDATE runs r SET status = coalesce($2, status),
+                              end_time = coalesce($3, end_time, $4),
+                              run_name = coalesce($5, run_name)
+            WHERE r.run_id = $1
+            RETURNING {RUN_COLUMNS}
             """,
             run_id,
             request.status.value if request.status else None,
             request.end_time,
-            end_time,
+            ended_now,
             request.run_name,
         )
-        if status == "UPDATE 0":
-            raise NotFound(f"run {run_id} not found", field="run_id")
-        return await self.get(run_id)
+        return self._found(row, run_id)
 
     async def set_lifecycle(self, run_id: str, stage: str) -> Run:
-        status = await self._pool.execute(
-            "UPDATE runs SET lifecycle_stage = $2 WHERE run_id = $1", run_id, stage
+        row = await self._pool.fetchrow(
+            f"UPDATE runs r SET lifecycle_stage = $2 WHERE r.run_id = $1 RETURNING {RUN_COLUMNS}",
+            run_id,
+            stage,
         )
-        if status == "UPDATE 0":
+        return self._found(row, run_id)
+
+    @staticmethod
+    def _found(row: asyncpg.Record | None, run_id: str) -> Run:
+        if row is None:
             raise NotFound(f"run {run_id} not found", field="run_id")
-        return await self.get(run_id)
+        return run_from_row(row)
 
     async def set_tag(self, run_id: str, key: str, value: str) -> None:
         try:
