@@ -121,6 +121,27 @@ def test_changed_param_surfaces_at_end_run_and_nothing_else_is_lost(sdk):
         client.log_param(run.info.run_id, "x", "2")
 
 
+def test_data_the_server_refuses_fails_the_run_and_raises_at_its_end(sdk):
+    sdk.set_experiment(unique("refused"))
+    other = sdk.Client()
+
+    def run_block() -> None:
+        with sdk.start_run() as run:
+            run_ids.append(run.info.run_id)
+            other.log_batch(run.info.run_id, params=[kiseki.Param(key="lr", value="0.1")])
+            sdk.log_param("lr", "0.2")  # queued; the server already holds another value
+            sdk.log_metric("m", 1.0)
+
+    run_ids: list[str] = []
+    with pytest.raises(kiseki.Conflict, match="lr"):
+        run_block()
+    stored = other.get_run(run_ids[0])
+    assert stored.info.status == "FAILED", "a run whose data was refused does not end FINISHED"
+    assert stored.info.end_time is not None
+    assert stored.data.metrics == {"m": 1.0}
+    assert sdk.active_run() is None
+
+
 def test_typed_errors(sdk, tracking_uri):
     client = sdk.Client()
     name = unique("typed")

@@ -162,15 +162,17 @@ def _end(run: ActiveRun, status: RunStatus, *, raise_errors: bool) -> None:
         if run in _runs:
             _runs.remove(run)
     client = _get_client()
+    run_id = run.info.run_id
     try:
-        client.flush(run.info.run_id)
+        client.flush(run_id)
     except Exception:
         # The run still gets its final status; the data error is raised once that is recorded.
-        client.set_terminated(run.info.run_id, RunStatus.FAILED if status == RunStatus.FINISHED else status)
+        failed = RunStatus.FAILED if status == RunStatus.FINISHED else status
+        client.update_run(run_id, status=failed, end_time=time_ns() // 1_000_000)
         if raise_errors:
             raise
         return
-    client.set_terminated(run.info.run_id, status)
+    client.update_run(run_id, status=status, end_time=time_ns() // 1_000_000)
 
 
 def _run_id() -> str:
