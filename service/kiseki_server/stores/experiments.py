@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -181,25 +181,13 @@ class ExperimentStore:
 
     async def rename(self, experiment_id: int, name: str) -> Experiment:
         try:
-            status = await self._pool.execute(
-                "UPDATE experiments SET name = $2, last_update_time = $3 WHERE experiment_id = $1",
-                experiment_id,
-                name,
-                now_ms(),
-            )
+            return await self._update(experiment_id, "name = $2", name)
         except asyncpg.UniqueViolationError:
             raise Conflict(f"an active experiment named '{name}' already exists", field="name") from None
-        self._check_found(status, experiment_id)
-        return await self.get(experiment_id)
 
     async def set_lifecycle(self, experiment_id: int, stage: str) -> Experiment:
         try:
-            status = await self._pool.execute(
-                "UPDATE experiments SET lifecycle_stage = $2, last_update_time = $3 WHERE experiment_id = $1",
-                experiment_id,
-                stage,
-                now_ms(),
-            )
+            return await self._update(experiment_id, "lifecycle_stage = $2", stage)
         except asyncpg.UniqueViolationError:
             experiment = await self.get(experiment_id)
             raise Conflict(
@@ -207,8 +195,21 @@ class ExperimentStore:
                 "another active experiment; rename one of them first",
                 field="experiment_id",
             ) from None
-        self._check_found(status, experiment_id)
-        return await self.get(experiment_id)
+
+    async def _update(
+        self, experiment_id: int, assignment: Literal["name = $2", "lifecycle_stage = $2"], value: str
+    ) -> Experiment:
+        """One column change (a fixed assignment from this module, never user text), in one round trip."""
+        row = await self._pool.fetchrow(
+            f"UPDATE experiments e SET {assignment}, last_update_time = $3 WHERE e.experiment_id = $1"
+            f" RETURNING {EXPERIMENT_COLUMNS}",
+            experiment_id,
+            value,
+            now_ms(),
+        )
+        if row is None:
+            raise NotFound(f"experiment {experiment_id} not found", field="experiment_id")
+        return experiment_from_row(row)
 
     async def set_tag(self, experiment_id: int, key: str, value: str) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
