@@ -24,6 +24,9 @@ from tests.s3 import s3_bucket, s3_server  # noqa: F401
 
 TEMPLATE = "kiseki_test_template"
 
+# What the SDK could not send goes to its spool folder: keep the tests' out of the user's ~/.cache.
+os.environ.setdefault("KISEKI_SPOOL_DIR", tempfile.mkdtemp(prefix="kiseki-test-spool-", dir="/tmp"))
+
 
 def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)

@@ -153,3 +153,38 @@ def test_cli_conveniences(sdk, server_url, tmp_path):
     out = cli("artifacts", "download", run.info.run_id, "docs", "-o", str(tmp_path / "cli"))
     assert Path(out.strip()) == tmp_path / "cli" / "docs"
     assert (tmp_path / "cli" / "docs" / "f.txt").read_text() == "payload"
+
+
+# --- a hostile listing --------------------------------------------------------------------------------
+# The real service never lists such paths; this fake peer stands for a broken or compromised server.
+
+
+async def test_download_refuses_paths_outside_the_destination(aiohttp_server, tmp_path):
+    from aiohttp import web
+
+    outside = tmp_path / "elsewhere" / "x"  # an absolute path outside dst (no real /etc/x is touched)
+    listing = ["ok.txt", "../evil", "sub/../../evil2", str(outside)]
+
+    async def download_list(request: web.Request) -> web.Response:
+        base = f"http://127.0.0.1:{request.url.port}"
+        files = [{"path": p, "file_size": 4, "url": f"{base}/blob/{i}"} for i, p in enumerate(listing)]
+        return web.json_response({"files": files, "expires_at": 2**41, "next_page_token": None})
+
+    async def blob(request: web.Request) -> web.Response:
+        return web.Response(body=b"evil")
+
+    app = web.Application()
+    app.router.add_get("/api/v1/runs/{run_id}/artifacts/download", download_list)
+    app.router.add_get("/blob/{n}", blob)
+    server = await aiohttp_server(app)
+    dst = tmp_path / "dst"
+    async with kiseki.AsyncClient(f"http://127.0.0.1:{server.port}") as client:
+        with pytest.raises(kiseki.UnsafeArtifactPath) as info:
+            await client.download_artifacts("a" * 32, "", dst)
+    message = str(info.value)
+    for path in listing[1:]:
+        assert repr(path) in message, f"the error names {path!r}: {message}"
+    assert "'ok.txt'" not in message
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "evil2").exists()
+    assert not outside.exists()
+    assert not (dst / "ok.txt").exists(), "the whole download is refused: nothing is written"

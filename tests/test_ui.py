@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -283,11 +284,15 @@ async def test_run_page_shows_info_family_data_and_charts(ui: TestClient) -> Non
     assert '<th scope="row">lr</th><td class="break">0.01</td>' in text
     assert '<th scope="row">team</th><td class="break">nlp</td>' in text
     assert '<th scope="row">loss</th><td class="num">0.2</td>' in text
-    paths = re.findall(r'<g class="view x-(step|time)">.*?<path class="line" d="([^"]+)"', text, re.S)
-    assert [x for x, _ in paths] == ["step", "time", "step", "time"], "a chart per metric, both x axes"
-    loss_step = paths[2][1]
+    acc, loss = text.split("<figcaption")[1:3]
+    assert re.findall(r'<g class="view x-(step|time)">', acc + loss) == ["step", "time"] * 2, (
+        "a chart per metric, both x axes"
+    )
+    loss_step = re.findall(r'<path class="line" d="([^"]+)"', loss)[0]
     assert loss_step.count("M") == 2, f"NaN breaks the line in two: {loss_step}"
-    assert paths[0][1].endswith("h0"), "a single point is drawn as a dot"
+    assert '<path class="line"' not in acc and acc.count('<path class="dots"') == 2, (
+        "a single point is drawn as a visible marker in each view"
+    )
     assert "1 NaN or infinite value not drawn" in text
     assert 'data-x="step"' in text
 
@@ -389,6 +394,76 @@ async def test_compare_rejects_bad_selections(ui: TestClient, query: str, status
     a = await new_run(ui)
     text = await page(ui, "/compare?" + query.format(a=a), status=status)
     assert '<p class="error-status">' in text
+
+
+# --- extreme values --------------------------------------------------------------------------------------
+
+PAGE_SECONDS = 2.0
+"""A page with the worst charts and times there are must still come back about as fast as any page."""
+FAR = 2**62
+"""A start time in microseconds sent as milliseconds would be ~1.7e15; this is far past year 9999."""
+
+
+async def timed_page(client: TestClient, path: str) -> str:
+    started = time.perf_counter()
+    text = await page(client, path)
+    elapsed = time.perf_counter() - started
+    assert elapsed < PAGE_SECONDS, f"GET {path} took {elapsed:.2f} s"
+    return text
+
+
+async def test_extreme_values_and_times_render_every_page_quickly(ui: TestClient) -> None:
+    """Values ±1e308 (once froze the event loop for good), subnormals (once a ZeroDivisionError), a
+    point logged once, int64 steps and timestamps, and a start time past year 9999 (once a 500 on every
+    page that listed the run): every page answers, quickly, and says what it could not show."""
+    experiment_id = await new_experiment(ui, "extremes")
+    huge = await new_run(ui, experiment_id, run_name="huge", start_time=1_700_000_000_000)
+    far = await new_run(ui, experiment_id, run_name="far", start_time=FAR)
+    await call(ui, "PATCH", f"/api/v1/runs/{far}", json={"status": "FINISHED", "end_time": 2**63 - 1})
+    big = 2**63 - 1
+    columns = {
+        "huge": {"values": [-1e308, 1e308], "steps": [0, 1], "timestamps": [1_700_000_000_000] * 2},
+        "tiny": {"values": [0.0, 4e-323], "steps": [0, 1], "timestamps": [1_700_000_000_000] * 2},
+        "once": {"values": [0.5], "steps": [3], "timestamps": [1_700_000_000_000]},
+        "gaps": {"values": ["NaN", 1.0, "Infinity", "-Infinity", 2.0], "steps": [0, 1, 2, 3, 4]},
+        "edges": {"values": [1.0, 2.0, 3.0], "steps": [-(2**63), 0, big], "timestamps": [0, FAR, big]},
+    }
+    for run_id in (huge, far):
+        await call(ui, "POST", f"/api/v1/runs/{run_id}/batch", json={"metric_columns": columns})
+
+    listing = await timed_page(ui, "/")
+    assert "extremes" in listing and "in the future" in listing, "last activity past this server's clock"
+    runs = await timed_page(ui, f"/experiments/{experiment_id}")
+    assert f"{FAR} ms (out of range)" in runs, "a time past year 9999 shows as its raw number"
+    assert "2023-11-14 22:13:20 UTC" in runs, "times in range say they are UTC"
+
+    for run_id in (huge, far):
+        text = await timed_page(ui, f"/runs/{run_id}")
+        await timed_page(ui, f"/runs/{run_id}?x=time")
+        charts_html = text.split('id="charts"', 1)[1].split('id="artifacts"', 1)[0]
+        assert charts_html.count('<svg class="plot"') == 5, "every metric is drawn"
+        assert "1.0e308" in charts_html and "4e-323" in charts_html, "huge and tiny tick labels"
+        assert "3 NaN or infinite values not drawn" in charts_html
+        assert charts_html.count('<path class="dots"') >= 2, "the point logged once is a marker"
+        assert not re.search(r"\b(nan|inf)\b", charts_html.replace("NaN or infinite", "")), "no NaN in SVG"
+    far_page = await timed_page(ui, f"/runs/{far}")
+    info = far_page.split('id="info"', 1)[1].split("</section>", 1)[0]
+    assert f"{FAR} ms (out of range)" in info and f"{2**63 - 1} ms (out of range)" in info
+
+    compare = await timed_page(ui, f"/compare?runs={huge}&runs={far}")
+    assert f"{FAR} ms (out of range)" in compare and "2023-11-14 22:13:20 UTC" in compare
+    assert compare.split('id="charts"', 1)[1].count('<svg class="plot"') == 5
+    await timed_page(ui, f"/compare?runs={huge}&runs={far}&x=time")
+    health = await ui.get("/healthz")
+    assert health.status == 200
+
+
+async def test_started_says_utc_on_every_page(ui: TestClient) -> None:
+    experiment_id, (a, b) = await experiment_with_runs(ui, 2)
+    iso = "2023-11-14T22:13:20.000Z"
+    when = f'<time datetime="{iso}" title="{iso}">2023-11-14 22:13:20 UTC</time>'
+    for path in (f"/experiments/{experiment_id}", f"/runs/{a}", f"/compare?runs={a}&runs={b}"):
+        assert when in await page(ui, path), f"{path}: the start time is a UTC <time>"
 
 
 # --- untrusted values ------------------------------------------------------------------------------------

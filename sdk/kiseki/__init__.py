@@ -15,7 +15,16 @@ __version__ = "0.1.0"
 from kiseki.async_client import AsyncClient
 from kiseki.client import Client
 from kiseki.config import get_tracking_uri, set_tracking_uri
-from kiseki.errors import Conflict, InvalidInput, KisekiError, NotFound, ServerUnavailable
+from kiseki.errors import (
+    Conflict,
+    InvalidInput,
+    InvalidType,
+    KisekiError,
+    NotFound,
+    NotKisekiServer,
+    ServerUnavailable,
+    UnsafeArtifactPath,
+)
 from kiseki.fluent import (
     ActiveRun,
     active_run,
@@ -61,9 +70,11 @@ __all__ = [
     "Experiment",
     "FileInfo",
     "InvalidInput",
+    "InvalidType",
     "KisekiError",
     "Metric",
     "NotFound",
+    "NotKisekiServer",
     "PagedList",
     "Param",
     "Run",
@@ -72,6 +83,7 @@ __all__ = [
     "RunStatus",
     "RunTag",
     "ServerUnavailable",
+    "UnsafeArtifactPath",
     "ViewType",
     "__version__",
     "active_run",

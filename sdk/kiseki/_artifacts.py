@@ -3,7 +3,9 @@
 Uploads ask the service for a plan (one PUT URL per file, or a multipart upload for big files), then send
 files and parts in parallel with an exact Content-Length; a failed multipart upload is aborted so no
 orphan parts are left. Downloads stream each file to a temporary name beside its target and rename it
-when complete, so an interrupted download never leaves a truncated file behind.
+when complete, so an interrupted download never leaves a truncated file behind. A download never writes
+outside its destination: if the server lists a path that would land elsewhere once resolved (`..`, an
+absolute path, a symlink out of the folder), the whole download is refused before any byte is written.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from kiseki._http import Transport, dumps
-from kiseki.errors import KisekiError, NotFound, ServerUnavailable
+from kiseki.errors import KisekiError, NotFound, ServerUnavailable, UnsafeArtifactPath
 from kiseki.models import (
     ArtifactList,
     ArtifactUpload,
@@ -203,6 +205,7 @@ class ArtifactTransfer:
                 break
         if not files:
             raise NotFound(f"run {run_id} has no artifacts at '{clean or '/'}'", field="path")
+        targets = _targets(dst, [rel for rel, _, _ in files])
         progress = _Progress(sum(size for _, size, _ in files), "download")
         gate = asyncio.Semaphore(self._concurrency)
         try:
@@ -210,14 +213,40 @@ class ArtifactTransfer:
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=300)
             ) as storage:
 
-                async def one(rel: str, url: str) -> None:
+                async def one(target: Path, url: str) -> None:
                     async with gate:
-                        await _get(storage, url, dst / rel, progress.update)
+                        await _get(storage, url, target, progress.update)
 
-                await asyncio.gather(*(one(rel, url) for rel, _, url in files))
+                await asyncio.gather(
+                    *(one(target, url) for target, (_, _, url) in zip(targets, files, strict=True))
+                )
         finally:
             progress.close()
         return dst / clean if clean else dst
+
+
+def _targets(dst: Path, paths: list[str]) -> list[Path]:
+    """Where each listed file goes, resolved; refuses (naming them) paths that would land outside `dst`.
+    The service never lists such paths: a listing with one comes from a broken or hostile server."""
+    root = dst.resolve()
+    targets: list[Path] = []
+    refused: list[str] = []
+    for rel in paths:
+        target = (root / rel).resolve()
+        if target == root or not target.is_relative_to(root):
+            refused.append(rel)
+        else:
+            targets.append(target)
+    if refused:
+        shown = ", ".join(repr(p) for p in refused[:10])
+        if len(refused) > 10:
+            shown += f" and {len(refused) - 10} more"
+        raise UnsafeArtifactPath(
+            f"refusing to download: the server listed artifact paths that would be written outside {root}: "
+            f"{shown}. Nothing was downloaded.",
+            field="path",
+        )
+    return targets
 
 
 def _read_range(local: Path, offset: int, length: int) -> bytes:

@@ -17,7 +17,8 @@ import aiohttp
 import pydantic_core
 
 from kiseki import __version__
-from kiseki.errors import KisekiError, ServerUnavailable, error_for_status
+from kiseki.config import get_first_contact_timeout
+from kiseki.errors import KisekiError, NotKisekiServer, ServerUnavailable, error_for_status
 
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
 log = logging.getLogger("kiseki")
@@ -34,12 +35,18 @@ class Transport:
         base_url: str,
         *,
         retry_timeout: float = 120.0,
+        first_contact_timeout: float | None = None,
         request_timeout: float = 120.0,
         backoff_base: float = 0.1,
         backoff_cap: float = 5.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry_timeout = retry_timeout
+        self.first_contact_timeout = (
+            get_first_contact_timeout() if first_contact_timeout is None else first_contact_timeout
+        )
+        self.answered = False
+        """Whether the server has answered at all yet: until it has, give up after first_contact_timeout."""
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
@@ -70,26 +77,34 @@ class Transport:
         body: bytes | None = None,
         params: dict[str, str] | None = None,
         idempotent: bool | None = None,
+        retry_timeout: float | None = None,
     ) -> Any:
-        """The decoded JSON answer of a 2xx response; typed `KisekiError`s for the rest."""
+        """The decoded JSON answer of a 2xx response; typed `KisekiError`s for the rest. `retry_timeout`
+        overrides the transport's retry budget for this request."""
         if idempotent is None:
             idempotent = method in ("GET", "PUT", "PATCH", "DELETE", "HEAD")
         data = body if body is not None else (dumps(json) if json is not None else None)
         headers = {"Content-Type": "application/json"} if data is not None else None
         url = f"{self.base_url}{path}"
-        deadline = time.monotonic() + self.retry_timeout
+        budget = self.retry_timeout if retry_timeout is None else retry_timeout
+        if not self.answered:
+            budget = min(budget, self.first_contact_timeout)
+        deadline = time.monotonic() + budget
         attempt = 0
         while True:
             delay: float | None = None
             try:
                 async with self.session.request(method, url, data=data, params=params, headers=headers) as r:
                     raw = await r.read()
+                    self.answered = True
                     if r.status < 400:
                         return pydantic_core.from_json(raw) if raw else None
-                    error = _error(r.status, raw)
+                    error = self._not_kiseki(r.status, raw) or _error(r.status, raw)
                     if r.status not in _RETRY_STATUSES or not idempotent:
                         raise error
                     delay = _retry_after(r.headers.get("Retry-After"))
+                    if delay is not None:  # spread clients out: all waiting exactly as long come back at once
+                        delay *= random.uniform(1.0, 1.5)
             except aiohttp.ClientConnectorError as exc:
                 # The request never reached the server: any request is safe to send again.
                 error = self._unavailable(exc)
@@ -110,9 +125,33 @@ class Transport:
 
     def _unavailable(self, exc: BaseException) -> ServerUnavailable:
         detail = str(exc) or type(exc).__name__
+        if not self.answered:
+            return ServerUnavailable(
+                f"no kiseki server answered at {self.base_url} within {self.first_contact_timeout:g} s "
+                f"({detail}). Check that `kiseki server` runs there and that host and port are right; "
+                "point the SDK elsewhere with kiseki.set_tracking_uri(...) or KISEKI_TRACKING_URI "
+                "(KISEKI_FIRST_CONTACT_TIMEOUT waits longer for a server that is still starting)."
+            )
         return ServerUnavailable(
             f"no kiseki server answered at {self.base_url} ({detail}). Start one with `kiseki server`, "
             "or point the SDK elsewhere with kiseki.set_tracking_uri(...) or KISEKI_TRACKING_URI."
+        )
+
+    def _not_kiseki(self, status: int, raw: bytes) -> NotKisekiServer | None:
+        """A 404 for a route kiseki does not have: the URL points at something else (or at a path below
+        the server's base), which a bare "Not Found" would not tell the user."""
+        if status != 404:
+            return None
+        try:
+            code = pydantic_core.from_json(raw)["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            code = None
+        if code not in (None, "NOT_FOUND"):  # kiseki's own 404s for unknown experiments, runs, files
+            return None
+        return NotKisekiServer(
+            f"{self.base_url} does not look like the base URL of a kiseki server (HTTP 404 for an API "
+            "route). Use the URL `kiseki server` prints, e.g. http://127.0.0.1:5000, without /api/v1 "
+            "or any other path, in kiseki.set_tracking_uri(...) or KISEKI_TRACKING_URI.",
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 import time
 import uuid
@@ -14,7 +15,9 @@ from typing import Any
 from kiseki._artifacts import ArtifactTransfer, artifact_files
 from kiseki._batcher import Batcher
 from kiseki._http import Transport
-from kiseki.config import get_tracking_uri
+from kiseki._input import Number
+from kiseki._spool import Spool, describe, request_for, send_entries
+from kiseki.config import get_tracking_uri, normalize_tracking_uri
 from kiseki.errors import NotFound
 from kiseki.models import (
     Experiment,
@@ -34,6 +37,10 @@ from kiseki.models import (
 )
 from kiseki.paging import PagedList
 
+SPOOL_SYNC_SECONDS = 5.0
+"""Retry budget for sending spooled batches on flush: a server that is still away should not hold it up."""
+log = logging.getLogger("kiseki")
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -42,8 +49,12 @@ def now_ms() -> int:
 class AsyncClient:
     """Talks to a kiseki server from async code.
 
-    `log_metric`, `log_param` and `set_tag` queue their data for background batching; `flush()` (also
-    called by `close()` and `async with`) waits until it is stored. Everything else is one request.
+    `log_metric`, `log_param` and `set_tag` check their input, then queue it for background batching;
+    `flush()` (also called by `close()` and `async with`) waits until it is stored. Batches the server did
+    not take within `retry_timeout` go to the spool folder (`spool_dir`, default `$KISEKI_SPOOL_DIR` or
+    ~/.cache/kiseki/spool) and are sent by a later `flush()`/`close()` or `kiseki sync`. Everything else
+    is one request. Until the server has answered once, requests give up after `first_contact_timeout`
+    seconds (default `KISEKI_FIRST_CONTACT_TIMEOUT`, else 10), so a wrong URL fails fast.
     """
 
     def __init__(
@@ -51,17 +62,23 @@ class AsyncClient:
         tracking_uri: str | None = None,
         *,
         retry_timeout: float = 120.0,
+        first_contact_timeout: float | None = None,
         max_batch_points: int = 10_000,
         flush_interval: float = 1.0,
         max_pending_points: int = 1_000_000,
+        spool_dir: str | Path | None = None,
     ) -> None:
-        self.tracking_uri = (tracking_uri or get_tracking_uri()).rstrip("/")
-        self._http = Transport(self.tracking_uri, retry_timeout=retry_timeout)
+        self.tracking_uri = normalize_tracking_uri(tracking_uri) if tracking_uri else get_tracking_uri()
+        self._http = Transport(
+            self.tracking_uri, retry_timeout=retry_timeout, first_contact_timeout=first_contact_timeout
+        )
+        self._spool = Spool(self.tracking_uri, Path(spool_dir) if spool_dir is not None else None)
         self._batcher = Batcher(
             self._send_batch,
             max_batch_points=max_batch_points,
             flush_interval=flush_interval,
             max_pending_points=max_pending_points,
+            spool=self._spool,
         )
         self._artifacts = ArtifactTransfer(self._http)
         self._started = False
@@ -80,6 +97,7 @@ class AsyncClient:
             if self._started:
                 await self._batcher.close()
                 self._started = False
+                await self._send_spooled()
                 self._batcher.raise_errors()
         finally:
             await self._http.close()
@@ -270,37 +288,72 @@ class AsyncClient:
         await self._http.request("POST", f"/api/v1/runs/{run_id}/batch", json=body, idempotent=True)
 
     async def log_metric(
-        self, run_id: str, key: str, value: float, timestamp: int | None = None, step: int | None = None
+        self,
+        run_id: str,
+        key: str,
+        value: Number,
+        timestamp: Number | None = None,
+        step: Number | None = None,
     ) -> None:
-        """Queue one point; it is sent in the background (see `flush`)."""
+        """Queue one point; it is sent in the background (see `flush`). The value may be any real number
+        (numpy/torch scalars too), step and timestamp whole numbers; bad input raises `InvalidInput` here."""
         self._ensure_started()
         if self._batcher.full():
             await self._batcher.wait_for_space()
-        self._batcher.add_metric(
-            run_id, key, float(value), step or 0, now_ms() if timestamp is None else timestamp, wait=False
-        )
+        self._batcher.add_metric(run_id, key, value, step, timestamp, wait=False)
 
     async def log_param(self, run_id: str, key: str, value: object) -> None:
+        """Queue a param; the value is str()-ed. Bad keys or values raise `InvalidInput` here."""
         self._ensure_started()
         if self._batcher.full():
             await self._batcher.wait_for_space()
-        self._batcher.add_param(run_id, key, str(value), wait=False)
+        self._batcher.add_param(run_id, key, value, wait=False)
 
     async def set_tag(self, run_id: str, key: str, value: object) -> None:
+        """Queue a tag; the value is str()-ed. Bad keys or values raise `InvalidInput` here."""
         self._ensure_started()
         if self._batcher.full():
             await self._batcher.wait_for_space()
-        self._batcher.add_tag(run_id, key, str(value), wait=False)
+        self._batcher.add_tag(run_id, key, value, wait=False)
 
     async def delete_tag(self, run_id: str, key: str) -> None:
         await self.flush(run_id)
         await self._http.request("DELETE", f"/api/v1/runs/{run_id}/tags", params={"key": key})
 
     async def flush(self, run_id: str | None = None) -> None:
-        """Wait until everything queued so far is stored; raise what a background send hit."""
+        """Wait until everything queued so far is stored (or spooled); raise what a background send hit.
+        Then send batches spooled earlier for this server, if it is reachable."""
         if self._started:
             await self._batcher.send_pending()
         self._batcher.raise_errors(run_id)
+        await self._send_spooled()
+
+    async def _send_spooled(self) -> None:
+        if not self._batcher.last_send_ok:
+            return  # the server was just away: trying the spool now would only wait again
+        paths = self._spool.entries()  # not to_thread: it also runs at interpreter exit
+        if not paths:
+            return
+
+        async def send(tracking_uri: str, kind: str, run_id: str, body: dict[str, Any]) -> Any:
+            method, path = request_for(kind, run_id)
+            return await self._http.request(
+                method,
+                path,
+                json=body,
+                idempotent=True,
+                retry_timeout=min(SPOOL_SYNC_SECONDS, self._http.retry_timeout),
+            )
+
+        report = await send_entries(paths, send)
+        if report.sent or report.already:
+            log.info(
+                "kiseki: sent %d spooled batches (%s) from %s; %d were stored before",
+                report.sent,
+                describe(report.points, report.params, report.tags),
+                self._spool.folder,
+                report.already,
+            )
 
     async def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
         """Every point of a metric, in (step, timestamp) order."""

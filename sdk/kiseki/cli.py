@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
-from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+from kiseki import __version__, _spool
+from kiseki._http import Transport
 from kiseki.client import Client
+from kiseki.config import DEFAULT_TRACKING_URI
 from kiseki.errors import KisekiError
 from kiseki.models import ViewType
+from kiseki.timefmt import format_time
 
 CLI_RETRY_SECONDS = 5.0
 """Someone is waiting at a terminal: give up on an unreachable server quickly (jobs retry for minutes)."""
 
 
 def _time(ms: int | None) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+    return format_time(ms, missing="-")
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -67,21 +73,65 @@ def artifacts_download(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _send_spooled(paths: list[Path], tracking_uri: str | None) -> _spool.SyncReport:
+    transports: dict[str, Transport] = {}
+
+    async def send(uri: str, kind: str, run_id: str, body: dict[str, Any]) -> Any:
+        transport = transports.get(uri)
+        if transport is None:
+            transport = transports[uri] = Transport(uri, retry_timeout=CLI_RETRY_SECONDS)
+        method, path = _spool.request_for(kind, run_id)
+        return await transport.request(method, path, json=body, idempotent=True)
+
+    try:
+        return await _spool.send_entries(paths, send, tracking_uri=tracking_uri)
+    finally:
+        for transport in transports.values():
+            await transport.close()
+
+
+def sync(args: argparse.Namespace) -> int:
+    """Send spooled batches (see docs/sdk.md): each applied once, each entry deleted once acknowledged."""
+    path = Path(args.path) if args.path else _spool.default_dir()
+    paths = _spool.entries(path)
+    if not paths:
+        print(f"kiseki: nothing to send in {path}")
+        return 0
+    uri = args.tracking_uri.rstrip("/") if args.tracking_uri else None
+    report = asyncio.run(_send_spooled(paths, uri))
+    print(
+        f"kiseki: sent {report.sent} of {len(paths)} spooled batches "
+        f"({_spool.describe(report.points, report.params, report.tags)})"
+        + (f"; {report.already} had been stored before" if report.already else "")
+    )
+    for where, reason in report.rejected:
+        print(f"kiseki: refused, set aside at {where}: {reason}", file=sys.stderr)
+    if report.remaining:
+        print(
+            f"kiseki: {report.remaining} batches stay in {path} ({report.error}); run `kiseki sync` again "
+            "once the server is reachable",
+            file=sys.stderr,
+        )
+    return 1 if report.rejected or report.remaining else 0
+
+
 def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--tracking-uri", help="kiseki server URL [env KISEKI_TRACKING_URI]")
+    common.add_argument(
+        "--tracking-uri", help=f"kiseki server URL [env KISEKI_TRACKING_URI; default: {DEFAULT_TRACKING_URI}]"
+    )
 
     experiments = commands.add_parser("experiments", help="list experiments").add_subparsers(required=True)
     listing = experiments.add_parser("list", parents=[common], help="list experiments, newest first")
     listing.add_argument("--all", action="store_true", help="include deleted experiments")
-    listing.add_argument("--max-results", type=int, default=1000)
+    listing.add_argument("--max-results", type=int, default=1000, help="at most this many (default: 1000)")
     listing.set_defaults(action=experiments_list)
 
     runs = commands.add_parser("runs", help="list runs").add_subparsers(required=True)
     listing = runs.add_parser("list", parents=[common], help="list an experiment's runs")
     listing.add_argument("experiment", help="experiment id or name")
     listing.add_argument("--filter", default="", help='search filter, e.g. "metrics.acc > 0.9"')
-    listing.add_argument("--max-results", type=int, default=1000)
+    listing.add_argument("--max-results", type=int, default=1000, help="at most this many (default: 1000)")
     listing.set_defaults(action=runs_list)
 
     artifacts = commands.add_parser("artifacts", help="download artifacts").add_subparsers(required=True)
@@ -91,9 +141,28 @@ def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     download.add_argument("-o", "--output", default=".", help="destination folder (default: here)")
     download.set_defaults(action=artifacts_download)
 
+    syncing = commands.add_parser(
+        "sync",
+        help="send batches saved to the spool while the server was unreachable",
+        description="Send the logging batches the SDK saved to its spool folder while the server was "
+        "unreachable. Each is applied once (its batch id makes repeats harmless) and deleted once the "
+        "server acknowledged it; one the server refuses moves to rejected/ beside a note.",
+    )
+    syncing.add_argument(
+        "path",
+        nargs="?",
+        help=f"spool folder or entry file (default: ${_spool.SPOOL_DIR_ENV}, else ~/.cache/kiseki/spool)",
+    )
+    syncing.add_argument(
+        "--tracking-uri",
+        help="send every entry to this server instead of the address it was saved for",
+    )
+    syncing.set_defaults(action=sync)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kiseki", description="kiseki experiment tracking")
+    parser.add_argument("--version", action="version", version=f"kiseki {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     server = commands.add_parser("server", help="run the tracking service")
     db = commands.add_parser("db", help="database maintenance")
@@ -104,13 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from kiseki_server import cli as server_cli  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
-        server_cli = None
+        server_cli = None  # type: ignore[assignment,unused-ignore]
     else:
         server_cli.add_arguments(server, upgrade)
     args = parser.parse_args(argv)
     if args.command in ("server", "db"):
         if server_cli is None:
-            print("kiseki: the service is not installed; run: pip install 'kiseki[server]'", file=sys.stderr)
+            print(
+                "kiseki: the service is not installed; in a clone of kiseki run: pip install '.[server]'",
+                file=sys.stderr,
+            )
             return 2
         return int(server_cli.serve(args) if args.command == "server" else server_cli.upgrade(args))
     try:

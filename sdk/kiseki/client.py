@@ -1,16 +1,21 @@
 """`Client`: the synchronous API. It drives the `AsyncClient` on a background event loop thread, so both
-share one implementation; `log_metric`/`log_param`/`set_tag` enqueue from the calling thread directly."""
+share one implementation; `log_metric`/`log_param`/`set_tag` enqueue from the calling thread directly.
+While a client exists, SIGTERM first sends (or spools) what is queued (see `kiseki._sigterm`)."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import os
 import sys
+import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from time import time_ns
 from types import TracebackType
 
+from kiseki import _sigterm
+from kiseki._input import Number
 from kiseki._loop import shared_loop
 from kiseki.async_client import AsyncClient
 from kiseki.models import (
@@ -37,22 +42,27 @@ class Client:
         tracking_uri: str | None = None,
         *,
         retry_timeout: float = 120.0,
+        first_contact_timeout: float | None = None,
         max_batch_points: int = 10_000,
         flush_interval: float = 1.0,
         max_pending_points: int = 1_000_000,
+        spool_dir: str | Path | None = None,
     ) -> None:
         self._io = shared_loop()
         self._core = AsyncClient(
             tracking_uri,
             retry_timeout=retry_timeout,
+            first_contact_timeout=first_contact_timeout,
             max_batch_points=max_batch_points,
             flush_interval=flush_interval,
             max_pending_points=max_pending_points,
+            spool_dir=spool_dir,
         )
         self.tracking_uri = self._core.tracking_uri
         self._batcher = self._core._batcher
         self._io.run(self._start())
         _open_clients.add(self)
+        _sigterm.install()
 
     async def _start(self) -> None:
         self._core._ensure_started()
@@ -68,6 +78,8 @@ class Client:
     def close(self) -> None:
         """Send everything queued, then release connections."""
         _open_clients.discard(self)
+        if not _open_clients:
+            _sigterm.uninstall()
         self._io.run(self._core.close())
 
     # --- experiments ---------------------------------------------------------------------------------
@@ -192,23 +204,25 @@ class Client:
         )
 
     def log_metric(
-        self, run_id: str, key: str, value: float, timestamp: int | None = None, step: int | None = None
+        self,
+        run_id: str,
+        key: str,
+        value: Number,
+        timestamp: Number | None = None,
+        step: Number | None = None,
     ) -> None:
-        """Queue one point (returns in microseconds; blocks only when the queue is full)."""
-        self._batcher.add_metric(
-            run_id,
-            key,
-            float(value),
-            step or 0,
-            time_ns() // 1_000_000 if timestamp is None else timestamp,
-            wait=True,
-        )
+        """Queue one point (returns in microseconds; blocks only when the queue is full). The value may be
+        any real number (numpy/torch scalars too), step and timestamp whole numbers; bad input raises
+        `InvalidInput` here, and nothing else queued is affected."""
+        self._batcher.add_metric(run_id, key, value, step, timestamp, wait=True)
 
     def log_param(self, run_id: str, key: str, value: object) -> None:
-        self._batcher.add_param(run_id, key, str(value), wait=True)
+        """Queue a param; the value is str()-ed. Bad keys or values raise `InvalidInput` here."""
+        self._batcher.add_param(run_id, key, value, wait=True)
 
     def set_tag(self, run_id: str, key: str, value: object) -> None:
-        self._batcher.add_tag(run_id, key, str(value), wait=True)
+        """Queue a tag; the value is str()-ed. Bad keys or values raise `InvalidInput` here."""
+        self._batcher.add_tag(run_id, key, value, wait=True)
 
     def delete_tag(self, run_id: str, key: str) -> None:
         self._io.run(self._core.delete_tag(run_id, key))
@@ -233,6 +247,40 @@ class Client:
 
     def download_artifacts(self, run_id: str, path: str = "", dst_path: str | Path | None = None) -> str:
         return self._io.run(self._core.download_artifacts(run_id, path, dst_path))
+
+
+def _queues_free() -> bool:
+    """False when the main thread, interrupted by SIGTERM, holds a client's queue lock (a send on the I/O
+    thread holds one for microseconds; the main thread, stuck in the handler, would hold it for ever)."""
+    for client in list(_open_clients):
+        lock = client._batcher._lock
+        if not lock.acquire(timeout=0.05):
+            return False
+        lock.release()
+    return True
+
+
+def _flush_on_sigterm(deadline: float) -> None:
+    clients = [c for c in list(_open_clients) if c._core._started]
+    if not clients:
+        return
+    seconds = max(0.0, deadline - time.monotonic())
+
+    async def flush_all() -> None:
+        await asyncio.gather(*(c._batcher.flush_before_exit(seconds) for c in clients))
+
+    clients[0]._io.run(flush_all(), timeout=seconds + 5.0)  # the spooling after the deadline is quick
+
+
+_sigterm.on_sigterm(_flush_on_sigterm, ready=_queues_free)
+
+
+def _forget_clients_after_fork() -> None:
+    # A forked child has none of the parent's I/O thread: its clients cannot flush (the child makes its own).
+    _open_clients.clear()
+
+
+os.register_at_fork(after_in_child=_forget_clients_after_fork)
 
 
 @atexit.register

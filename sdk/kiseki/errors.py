@@ -16,8 +16,13 @@ class KisekiError(Exception):
         self.field = field
 
 
-class InvalidInput(KisekiError):
-    """The server rejected a request as malformed or invalid (400, 413, 422); `field` names the culprit."""
+class InvalidInput(KisekiError, ValueError):
+    """Input the server refuses (400, 413, 422), or that the SDK refused at the call before queueing it
+    (a bad key, value or step); `field` names the culprit. A `ValueError`, so generic handlers catch it."""
+
+
+class InvalidType(InvalidInput, TypeError):
+    """An argument of the wrong type at the call (None or 'abc' as a metric value, a non-string key)."""
 
 
 class NotFound(KisekiError):
@@ -26,6 +31,14 @@ class NotFound(KisekiError):
 
 class Conflict(KisekiError):
     """The request conflicts with stored state (409): a param changed, a name taken, a deleted run."""
+
+
+class UnsafeArtifactPath(KisekiError):
+    """A download was refused because the server listed a path outside the destination folder."""
+
+
+class NotKisekiServer(KisekiError):
+    """The tracking URI answers, but not as a kiseki server's base URL (an API route gave a plain 404)."""
 
 
 class ServerUnavailable(KisekiError):

@@ -3,21 +3,25 @@ over. State is per process: the active experiment, a stack of active runs, and o
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import os
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from time import time_ns
 from types import TracebackType
 from typing import Any, Literal
 
-from kiseki import config
+from kiseki import _sigterm, _spool, config
+from kiseki._input import Number
 from kiseki.client import Client
 from kiseki.config import get_tracking_uri
+from kiseki.errors import ServerUnavailable
 from kiseki.models import Experiment, Run, RunData, RunInfo, RunStatus, ViewType
 
 DEFAULT_EXPERIMENT = "Default"
@@ -78,7 +82,8 @@ def _get_client() -> Client:
         return client
     with _lock:
         if _client is None or _client_uri is not config._tracking_uri:
-            _client, _client_uri = Client(get_tracking_uri()), config._tracking_uri
+            client = Client(get_tracking_uri(), first_contact_timeout=config.get_first_contact_timeout())
+            _client, _client_uri = client, config._tracking_uri
         return _client
 
 
@@ -100,12 +105,25 @@ def set_experiment(experiment_name: str | None = None, experiment_id: str | None
 
 
 def _active_experiment_id() -> str:
+    """The active experiment: set_experiment's, else KISEKI_EXPERIMENT_ID / _NAME, else "Default"
+    (created when missing: a run needs an experiment)."""
     if _experiment_id is not None:
         return _experiment_id
     if experiment_id := os.environ.get("KISEKI_EXPERIMENT_ID"):
         return experiment_id
     name = os.environ.get("KISEKI_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
     return _get_client().get_or_create_experiment(name).experiment_id
+
+
+def _existing_experiment_id() -> str | None:
+    """The active experiment for reads, which never create anything: None when it does not exist."""
+    if _experiment_id is not None:
+        return _experiment_id
+    if experiment_id := os.environ.get("KISEKI_EXPERIMENT_ID"):
+        return experiment_id
+    name = os.environ.get("KISEKI_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    experiment = _get_client().get_experiment_by_name(name)
+    return experiment.experiment_id if experiment is not None else None
 
 
 def start_run(
@@ -184,39 +202,45 @@ def _run_id() -> str:
 
 
 def log_param(key: str, value: object) -> None:
-    _get_client().log_param(_run_id(), key, value)
+    """Queue a param; the value is str()-ed (as MLflow does). A bad key or value raises `InvalidInput`."""
+    client = _get_client()
+    client._batcher.add_param(_run_id(), key, value, wait=True)
 
 
 def log_params(params: Mapping[str, object]) -> None:
-    client, run_id = _get_client(), _run_id()
-    for key, value in params.items():
-        client.log_param(run_id, key, value)
+    """Queue several params: all of them, or (when one is bad) none."""
+    client = _get_client()
+    client._batcher.add_params(_run_id(), params, wait=True)
 
 
-def log_metric(key: str, value: float, step: int | None = None, timestamp: int | None = None) -> None:
-    """Queue one metric point; returns at once (batched in the background)."""
+def log_metric(key: str, value: Number, step: Number | None = None, timestamp: Number | None = None) -> None:
+    """Queue one metric point; returns at once (batched in the background). The value may be any real
+    number (numpy/torch scalars and 0-d arrays too), step and timestamp whole numbers; bad input raises
+    `InvalidInput` (a ValueError) here, naming the key, and nothing else logged is affected."""
     client = _client if _client is not None and _client_uri is config._tracking_uri else _get_client()
     runs = _runs
     run_id = runs[-1].run_id if runs else _run_id()
-    if timestamp is None:
-        timestamp = time_ns() // 1_000_000
-    client._batcher.add_metric(run_id, key, float(value), step or 0, timestamp, wait=True)
+    client._batcher.add_metric(run_id, key, value, step, timestamp, wait=True)
 
 
-def log_metrics(metrics: Mapping[str, float], step: int | None = None, timestamp: int | None = None) -> None:
-    client, run_id = _get_client(), _run_id()
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, value, timestamp, step)
+def log_metrics(
+    metrics: Mapping[str, Number], step: Number | None = None, timestamp: Number | None = None
+) -> None:
+    """Queue several points of one step: all of them, or (when one is bad) none."""
+    client = _get_client()
+    client._batcher.add_metrics(_run_id(), metrics, step, timestamp, wait=True)
 
 
 def set_tag(key: str, value: object) -> None:
-    _get_client().set_tag(_run_id(), key, value)
+    """Queue a tag; the value is str()-ed. A bad key or value raises `InvalidInput`."""
+    client = _get_client()
+    client._batcher.add_tag(_run_id(), key, value, wait=True)
 
 
 def set_tags(tags: Mapping[str, object]) -> None:
-    client, run_id = _get_client(), _run_id()
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    """Queue several tags: all of them, or (when one is bad) none."""
+    client = _get_client()
+    client._batcher.add_tags(_run_id(), tags, wait=True)
 
 
 def log_artifact(local_path: str | Path, artifact_path: str | None = None) -> None:
@@ -282,7 +306,7 @@ def search_runs(
 ) -> Any:
     """Runs matching `filter_string` (see docs/search.md), as a pandas DataFrame when pandas is installed
     (`kiseki[pandas]`) and `output_format="pandas"`, else as a list of `Run`. Without ids or names it
-    searches the active experiment."""
+    searches the active experiment (none yet: no runs; a search never creates an experiment)."""
     client = _get_client()
     ids = list(experiment_ids or [])
     for name in experiment_names or []:
@@ -290,11 +314,11 @@ def search_runs(
         if experiment is None:
             raise ValueError(f"no active experiment named {name!r}")
         ids.append(experiment.experiment_id)
-    if not ids:
-        ids = [_active_experiment_id()]
+    if not ids and not experiment_names and (active := _existing_experiment_id()) is not None:
+        ids = [active]
     runs: list[Run] = []
     token: str | None = None
-    while len(runs) < max_results:
+    while ids and len(runs) < max_results:
         page = client.search_runs(
             ids, filter_string, run_view_type, min(50_000, max_results - len(runs)), order_by, token
         )
@@ -323,6 +347,45 @@ def _watch_for_crashes() -> None:
 
     hook._kiseki = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+def _kill_runs_on_sigterm(deadline: float) -> None:
+    """End this process's active runs KILLED (their data was flushed by the step before this one)."""
+    with _lock:
+        runs = [run for run in reversed(_runs) if run._owner_pid == os.getpid()]
+        for run in runs:
+            _runs.remove(run)  # so the exit hook does not end them again, FINISHED
+    client = _client
+    if not runs or client is None:
+        return
+    end_time = time_ns() // 1_000_000
+    ending = {"status": RunStatus.KILLED.value, "end_time": end_time}
+
+    async def kill_all() -> list[Any]:
+        updates = (
+            client._core.update_run(r.run_id, status=RunStatus.KILLED, end_time=end_time) for r in runs
+        )
+        return await asyncio.gather(*updates, return_exceptions=True)
+
+    try:
+        outcomes: list[Any] = client._io.run(kill_all(), timeout=max(1.0, deadline - time.monotonic()))
+    except TimeoutError:
+        outcomes = [TimeoutError("no answer in time")] * len(runs)
+    for run, outcome in zip(runs, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, ServerUnavailable | TimeoutError):
+                print(f"kiseki: could not end run {run.run_id} KILLED: {outcome}", file=sys.stderr)
+                continue
+            # The server is away: keep the final status with the run's spooled data, for `kiseki sync`.
+            path = client._core._spool.write(run.run_id, ending, kind=_spool.RUN_UPDATE)
+            print(
+                f"kiseki: could not end run {run.run_id} KILLED ({outcome}); saved that to {path} "
+                "for `kiseki sync`",
+                file=sys.stderr,
+            )
+
+
+_sigterm.on_sigterm(_kill_runs_on_sigterm)
 
 
 @atexit.register

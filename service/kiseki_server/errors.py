@@ -22,11 +22,15 @@ ERROR_PAGE: web.AppKey[ErrorPage] = web.AppKey("error_page")
 class KisekiError(Exception):
     status = 500
     code = "INTERNAL_ERROR"
+    retry_after: int | None = None
+    """Seconds a client should wait before retrying, sent as `Retry-After` (503s)."""
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class InvalidInput(KisekiError):
@@ -60,15 +64,24 @@ class Unprocessable(KisekiError):
 
 
 class ServiceUnavailable(KisekiError):
-    """A backend the service depends on (e.g. artifact storage) cannot be reached; retrying may help."""
+    """A backend the service depends on (Postgres, artifact storage) cannot be reached, or the service is
+    too busy to take the request now; retrying after `retry_after` seconds may help."""
 
     status = 503
     code = "SERVICE_UNAVAILABLE"
+    retry_after: int | None = 1
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     body = ErrorResponse(error=ErrorDetail(code=code, message=message, field=field))
-    return web.json_response(text=body.model_dump_json(), status=status)
+    return web.json_response(text=body.model_dump_json(), status=status, headers=headers)
 
 
 def validation_error(exc: pydantic.ValidationError, *, prefix: str = "") -> Unprocessable:
@@ -90,13 +103,25 @@ _HTTP_CODES = {
 }
 
 
+_KEPT_HEADERS = ("Allow",)
+"""Headers of aiohttp's own errors that the JSON (or HTML) answer keeps: a 405 says what is allowed."""
+
+
 def _respond(
-    request: web.Request, status: int, code: str, message: str, field: str | None = None
+    request: web.Request,
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
 ) -> web.Response:
     page = request.app.get(ERROR_PAGE)
     if page is not None and not request.path.startswith("/api/"):
-        return page(request, status, message)
-    return error_response(status, code, message, field)
+        response = page(request, status, message)
+        response.headers.update(headers or {})
+        return response
+    return error_response(status, code, message, field, headers=headers)
 
 
 @web.middleware
@@ -106,7 +131,8 @@ async def error_middleware(
     try:
         return await handler(request)
     except KisekiError as exc:
-        return _respond(request, exc.status, exc.code, exc.message, exc.field)
+        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return _respond(request, exc.status, exc.code, exc.message, exc.field, headers=retry)
     except pydantic.ValidationError as exc:
         err = validation_error(exc)
         return _respond(request, err.status, err.code, err.message, err.field)
@@ -114,11 +140,21 @@ async def error_middleware(
         if exc.status < 400:
             raise
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        if exc.status == 413:
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            message = f"method {exc.method} is not allowed here; allowed: {allowed}"
+        elif exc.status == 413:
             message = (
                 f"request body is larger than the limit of {request.app[SETTINGS].max_request_bytes} bytes"
             )
-        return _respond(request, exc.status, _HTTP_CODES.get(exc.status, "HTTP_ERROR"), message)
+        kept = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
+        code = _HTTP_CODES.get(exc.status, "HTTP_ERROR")
+        return _respond(request, exc.status, code, message, headers=kept or None)
+    except ConnectionResetError:
+        # The client went away (or was dropped for stalling) before sending its whole body: nobody is
+        # left to answer and nothing went wrong here, so no traceback.
+        log.debug("client gone during %s %s", request.method, request.path)
+        return error_response(400, "CLIENT_DISCONNECTED", "the connection closed before the request was read")
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _respond(request, 500, "INTERNAL_ERROR", "internal server error; the service log has details")

@@ -71,6 +71,23 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class _OneLine(logging.Filter):
+    """Folds a record's traceback into its message: asyncpg's pool logs one, with traceback, each time it
+    fails to reconnect during a Postgres outage, which the service already reports (see db.OutageLog)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {error}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+QUIET_TRACEBACKS = ("asyncpg.pool",)
+
+
 def log_handler(log_format: str, stream: IO[str]) -> logging.Handler:
     """A handler writing `log_format` ('text' or 'json') lines to `stream`, request ids included."""
     handler = logging.StreamHandler(stream)
@@ -86,3 +103,7 @@ def configure_logging(settings: Settings) -> None:
         root.removeHandler(old)
     root.addHandler(log_handler(settings.log_format, sys.stderr))
     root.setLevel(settings.log_level.upper())
+    for name in QUIET_TRACEBACKS:
+        quiet = logging.getLogger(name)
+        if not any(isinstance(f, _OneLine) for f in quiet.filters):
+            quiet.addFilter(_OneLine())

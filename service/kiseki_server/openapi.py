@@ -1,4 +1,10 @@
-"""The OpenAPI 3.1 document, generated from the route table and the pydantic wire models."""
+"""The OpenAPI 3.1 document, generated from the route table and the pydantic wire models.
+
+It states every rule the service enforces that a JSON Schema can express (id formats, lengths, NUL bans,
+artifact path rules, integer ranges), so a client generated from it never sends what the service
+refuses; what it cannot express (the filter grammar, which page tokens were issued, cross-field rules
+like equal column lengths) is said in descriptions and answered with a 400/422 naming the field.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,11 @@ import pydantic
 from pydantic.json_schema import models_json_schema
 
 from kiseki import __version__
-from kiseki.models import ErrorResponse
-from kiseki_server.routing import Route
+from kiseki.models import NO_NUL_PATTERN, ErrorResponse
+from kiseki_server.routing import PATH_PARAMETERS, Route
+
+_TEXT = {"type": "string", "pattern": NO_NUL_PATTERN}
+"""A path parameter routing.PATH_PARAMETERS does not know (add its rules there)."""
 
 _ERRORS = {
     "400": "Invalid input",
@@ -31,6 +40,7 @@ def build(routes: list[Route]) -> dict[str, Any]:
         [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
         ref_template="#/components/schemas/{model}",
     )
+    _key_patterns_as_property_names(defs)
 
     def ref(model: type[pydantic.BaseModel]) -> dict[str, Any]:
         return {"content": {"application/json": {"schema": keyed[(model, "validation")]}}}
@@ -38,7 +48,7 @@ def build(routes: list[Route]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True, "schema": PATH_PARAMETERS.get(name, _TEXT)}
             for name in re.findall(r"{(\w+)}", route.path)
         ]
         params += [
@@ -47,7 +57,7 @@ def build(routes: list[Route]) -> dict[str, Any]:
                 "in": "query",
                 "required": q.required,
                 "description": q.description,
-                "schema": {"type": q.type},
+                "schema": q.schema(),
             }
             for q in route.query
         ]
@@ -76,3 +86,20 @@ def build(routes: list[Route]) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": defs.get("$defs", {})},
     }
+
+
+def _key_patterns_as_property_names(node: Any) -> None:
+    """pydantic writes the pattern of a dict's key type as `patternProperties`, which leaves keys that
+    do not match it unconstrained; the service refuses them, so the pattern goes to `propertyNames`."""
+    if isinstance(node, dict):
+        patterns = node.get("patternProperties")
+        if isinstance(patterns, dict) and len(patterns) == 1 and "additionalProperties" not in node:
+            ((pattern, values),) = patterns.items()
+            node["propertyNames"] = {**node.get("propertyNames", {}), "pattern": pattern}
+            node["additionalProperties"] = values
+            del node["patternProperties"]
+        for value in node.values():
+            _key_patterns_as_property_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            _key_patterns_as_property_names(value)

@@ -7,6 +7,12 @@ drain first: stop accepting connections, let every request in progress finish, b
 each with `Connection: close` so keep-alive clients reconnect (to another replica), and only then hand over
 to aiohttp's cleanup, which closes idle connections and runs the app's cleanup (Postgres pool, storage
 clients). A second signal cuts the wait short.
+
+Slow clients: aiohttp has no deadline for receiving a request, so a client that opens connections and
+sends its headers (or a body) a byte at a time would hold them for good (slowloris). Each connection here
+is a `_WatchedHandler`, and a watchdog drops those that take longer than `http_header_timeout` to send a
+request line and headers, or whose body stalls for `http_body_timeout` (a body that waits because the
+handler is not reading it yet is not stalled: the connection's reading is paused then).
 """
 
 from __future__ import annotations
@@ -17,13 +23,72 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
+
+from kiseki_server.appkeys import SETTINGS
 
 log = logging.getLogger(__name__)
 
 CLEANUP_GRACE_SECONDS = 1.0
 """What aiohttp's own shutdown gives requests that slipped in after the drain (in practice none)."""
+MAX_REQUEST_LINE_BYTES = 32 * 1024
+"""Longest request line accepted. aiohttp's 8190 is shorter than URLs the service itself hands out: a
+signed local-store URL for a 1,000-character non-ASCII artifact path is ~12 KB once percent-encoded."""
+LINGERING_SECONDS = 5.0
+"""How long aiohttp goes on reading (and discarding) a body its handler did not read, such as a refused
+batch, so that the connection can serve the next request."""
+WATCHDOG_PERIOD = 1.0
+
+
+class _WatchedHandler(web.RequestHandler):
+    """aiohttp's connection protocol, noting what the watchdog needs: since when a request head is
+    awaited (the connection's start, or the first byte of a next request), the body being received, and
+    when bytes last arrived."""
+
+    __slots__ = ("body", "head_since", "last_data")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.head_since: float | None = self._loop.time()
+        self.last_data = self.head_since
+        self.body: Any = None
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        heads = self._request_count
+        super().data_received(data)
+        now = self.last_data = self._loop.time()
+        if self._request_count != heads:  # a request head was completed
+            self.head_since = None
+            self.body = self._messages[-1][1] if self._messages else None
+        elif self.head_since is None and (self.body is None or self.body.is_eof()):
+            self.head_since = now  # the first bytes of the next request on a keep-alive connection
+
+    def overdue(self, now: float, *, header_timeout: float, body_timeout: float) -> str | None:
+        """Why this connection should be dropped now, if it should."""
+        if self.head_since is not None:
+            return "request head" if now - self.head_since > header_timeout else None
+        if self.body is None or self.body.is_eof():
+            return None
+        if getattr(self, "_reading_paused", False):  # the handler has not read what came; not the client
+            self.last_data = now
+            return None
+        return "request body" if now - self.last_data > body_timeout else None
+
+
+async def _watch(server: web.Server, *, header_timeout: float, body_timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(min(WATCHDOG_PERIOD, header_timeout / 2, body_timeout / 2))
+        now = loop.time()
+        for connection in server.connections:
+            if not isinstance(connection, _WatchedHandler):
+                continue
+            why = connection.overdue(now, header_timeout=header_timeout, body_timeout=body_timeout)
+            if why is not None:
+                log.debug("dropping a connection from %s: its %s is too slow", connection.peername, why)
+                connection.force_close()
 
 
 class Drain:
@@ -94,19 +159,40 @@ async def _serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    settings = app[SETTINGS]
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=CLEANUP_GRACE_SECONDS)
     await runner.setup()
+    watchdog: asyncio.Task[None] | None = None
     try:
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
-        await site.start()
+        server = runner.server
+        assert server is not None
+
+        def connection() -> _WatchedHandler:
+            return _WatchedHandler(
+                server,
+                loop=loop,
+                access_log=None,  # type: ignore[arg-type]  # None: no access lines (ours are in telemetry)
+                keepalive_timeout=settings.http_keepalive_timeout,
+                lingering_time=LINGERING_SECONDS,
+                max_line_size=MAX_REQUEST_LINE_BYTES,
+            )
+
+        listener = await loop.create_server(connection, host, port, reuse_port=reuse_port)
+        watchdog = asyncio.create_task(
+            _watch(
+                server, header_timeout=settings.http_header_timeout, body_timeout=settings.http_body_timeout
+            )
+        )
         on_listening()
         await stop.wait()
         deadline = time.monotonic() + shutdown_timeout
-        await site.stop()
+        listener.close()
         drain = app[DRAIN]
         if not await drain.wait(until=deadline, interrupted=force):
             log.warning("shutting down with %d requests still in progress", drain.active)
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):

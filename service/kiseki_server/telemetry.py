@@ -15,15 +15,19 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from random import getrandbits
 from typing import Any
 
 import asyncpg
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from kiseki_server.logs import ACCESS_LOGGER, REQUEST_ID
 from kiseki_server.serving import Drain
@@ -32,11 +36,17 @@ REQUEST_ID_HEADER = "X-Request-ID"
 UNMATCHED = "(unmatched)"
 """The route label of requests no route matched (404s, 405s): raw paths would explode the label set."""
 
+OTHER_METHOD = "OTHER"
+"""The method label of requests with a non-standard method (TRACE, PROPFIND, ...)."""
+
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (0, 1, 10, 100, 1_000, 10_000, 100_000)
 POOL_SAMPLE_SECONDS = 1.0
+RESTARTS_FILE = "worker-restarts.txt"
+"""In the multiprocess folder: how often the `--workers` supervisor restarted a dead worker (it serves no
+HTTP itself, so it leaves the count where whichever worker answers /metrics finds it)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -108,11 +118,13 @@ class Telemetry:
         self._repeated = self.batches.labels("false")
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one request; methods outside the standard set share the label "OTHER" (any token is a
+        valid HTTP method, and each would otherwise make series of its own)."""
+        if method not in _METHODS:
+            method = OTHER_METHOD
         key = (method, route, status)
         children = self._request_children.get(key)
         if children is None:
-            if method not in _METHODS:
-                return self.observe_request("OTHER", route, status, seconds)
             labels = (method, route, str(status))
             children = self._request_children[key] = (
                 self.requests.labels(*labels),
@@ -141,7 +153,8 @@ class Telemetry:
         if self.multiprocess_dir is None:
             return encoder(self.registry), content_type
         merged = CollectorRegistry()
-        MultiProcessCollector(merged, path=self.multiprocess_dir)
+        MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        merged.register(_WorkerRestarts(Path(self.multiprocess_dir) / RESTARTS_FILE))
         return encoder(merged), content_type
 
     async def sample_pool_forever(self, pool: asyncpg.Pool) -> None:
@@ -153,6 +166,22 @@ class Telemetry:
         while True:
             self.sample_pool(pool)
             await asyncio.sleep(POOL_SAMPLE_SECONDS)
+
+
+class _WorkerRestarts(Collector):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            count = int(self.path.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            count = 0
+        family = CounterMetricFamily(
+            "kiseki_worker_restarts", "Worker processes the --workers supervisor restarted after they died."
+        )
+        family.add_metric([], count)
+        yield family
 
 
 TELEMETRY = web.AppKey("telemetry", Telemetry)
@@ -170,7 +199,7 @@ def _route(request: web.Request) -> str:
     return UNMATCHED if resource is None else resource.canonical
 
 
-def middleware(telemetry: Telemetry, drain: Drain, *, log_access: bool) -> Handler:
+def middleware(telemetry: Telemetry, drain: Drain, *, log_access: bool) -> Middleware:
     """The outermost middleware: request id in and out, request metrics, access lines if asked, and the
     count of requests in progress that a graceful shutdown waits for."""
     clock = time.perf_counter

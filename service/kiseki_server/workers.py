@@ -6,10 +6,12 @@ over the workers. aiohttp sets TCP_NODELAY on every accepted connection, in each
 
 The parent only supervises. It forwards SIGTERM and SIGINT to the workers (each then stops accepting,
 finishes its in-flight requests within `shutdown_timeout` and closes its pool) and exits once they all
-have. If a worker dies on its own, the parent stops the others and exits non-zero: the orchestrator
-restarts the whole unit rather than leaving it running degraded. A worker whose parent disappears
-(SIGKILL) shuts down gracefully by itself. Workers sit in a process group of their own, so a terminal's
-Ctrl-C reaches only the parent, which forwards it once.
+have. A worker that dies on its own is restarted after a back-off (0.5 s, doubling up to 30 s, back to
+0.5 s once a worker has served for a minute), and counted in `kiseki_worker_restarts_total`; the others
+keep serving meanwhile. A worker that dies before it listens, 5 times in a row, is taken for a problem a
+restart cannot fix (a dropped database, a broken config): the parent then stops the others and exits 1
+naming it. A worker whose parent disappears (SIGKILL) shuts down gracefully by itself. Workers sit in a
+process group of their own, so a terminal's Ctrl-C reaches only the parent, which forwards it once.
 
 Metrics: the parent creates prometheus-client's multiprocess folder; the workers inherit its location as
 PROMETHEUS_MULTIPROC_DIR (read by prometheus-client when it is imported, the one way it takes it) and get
@@ -25,28 +27,54 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
+from typing import cast
 
 from kiseki_server.config import Settings
+from kiseki_server.telemetry import RESTARTS_FILE
 
 log = logging.getLogger(__name__)
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+RESTART_DELAY_FIRST = 0.5
+RESTART_DELAY_MAX = 30.0
+STABLE_AFTER = 60.0
+"""Seconds of service after which a worker's death restarts the back-off from RESTART_DELAY_FIRST."""
+MAX_START_FAILURES = 5
+"""Deaths before listening, in a row, after which the parent gives up."""
+
+
 @dataclass
 class _Worker:
+    number: int
     process: BaseProcess
     ready: Connection
+    started: float
+    listening: bool = False
+
+
+@dataclass
+class _Slot:
+    """One worker position's restart state."""
+
+    delay: float = RESTART_DELAY_FIRST
+    start_failures: int = 0
+    restart_at: float | None = None
 
 
 def serve(settings: Settings, *, on_ready: Callable[[list[int]], None]) -> int:
-    """Run `settings.workers` worker processes until a signal (exit code 0) or a worker's death (1).
+    """Run `settings.workers` worker processes, restarting those that die, until a signal (exit code 0)
+    or a worker that keeps dying at start-up (1).
 
     `on_ready` gets the workers' pids once every one of them listens.
     """
@@ -57,14 +85,16 @@ def serve(settings: Settings, *, on_ready: Callable[[list[int]], None]) -> int:
     supervisor = _Supervisor(settings, metrics_dir)
     previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in _STOP_SIGNALS}
     try:
-        supervisor.start()
+        for number in range(1, settings.workers + 1):
+            supervisor.start(number)
         return supervisor.supervise(on_ready)
     finally:
         supervisor.stop()
-        for worker in supervisor.workers:
+        for worker in supervisor.workers.values():
             worker.process.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        supervisor.close()
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
@@ -73,18 +103,30 @@ class _Supervisor:
     def __init__(self, settings: Settings, metrics_dir: str) -> None:
         self.settings = settings
         self.metrics_dir = metrics_dir
-        self.workers: list[_Worker] = []
+        self.workers: dict[int, _Worker] = {}
+        self.slots = {number: _Slot() for number in range(1, settings.workers + 1)}
         self.stopping = False
+        self.restarts = 0
+        self._context = multiprocessing.get_context("spawn")
+        # A signal must end a wait for the next restart at once: the handler writes here, wait() reads.
+        self._wakeup, self._wake = socket.socketpair()
+        self._wake.setblocking(False)
+
+    def close(self) -> None:
+        self._wakeup.close()
+        self._wake.close()
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if not self.stopping:
             log.info("%s: stopping %d workers", signal.Signals(signum).name, len(self.workers))
         self.stop()
+        with contextlib.suppress(OSError):
+            self._wake.send(b"\0")
 
     def stop(self) -> None:
         """Ask every running worker to shut down gracefully (again: a second signal cuts shutdown short)."""
         self.stopping = True
-        for worker in self.workers:
+        for worker in self.workers.values():
             self._terminate(worker)
 
     @staticmethod
@@ -94,56 +136,113 @@ class _Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    def start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        for number in range(1, self.settings.workers + 1):
-            if self.stopping:
-                return
-            ready, announce = context.Pipe(duplex=False)
-            process = context.Process(
-                target=_work,
-                args=(self.settings, self.metrics_dir, announce),
-                name=f"kiseki-worker-{number}",
-            )
-            worker = _Worker(process, ready)
-            self.workers.append(worker)
-            process.start()
-            announce.close()
-            if self.stopping:  # a signal arrived while this one was being started
-                self._terminate(worker)
+    def start(self, number: int) -> None:
+        if self.stopping:
+            return
+        ready, announce = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_work, args=(self.settings, self.metrics_dir, announce), name=f"kiseki-worker-{number}"
+        )
+        worker = _Worker(number, process, ready, time.monotonic())
+        self.workers[number] = worker
+        process.start()
+        announce.close()
+        if self.stopping:  # a signal arrived while this one was being started
+            self._terminate(worker)
 
     def supervise(self, on_ready: Callable[[list[int]], None]) -> int:
-        starting = {w.ready for w in self.workers}
-        running: dict[object, _Worker] = {w.process.sentinel: w for w in self.workers}
-        listening: list[int] = []
+        announced = False
         exit_code = 0
-        while running:
-            for event in wait([*starting, *running]):
-                if isinstance(event, Connection):
-                    starting.discard(event)
-                    with contextlib.suppress(EOFError):  # EOF: it died first; its sentinel says so
-                        listening.append(event.recv())
-                    event.close()
-                    if len(listening) == len(self.workers) and not self.stopping:
-                        on_ready(listening)
-                    continue
-                worker = running.pop(event)
-                worker.process.join()
-                _forget_metrics_of(worker.process.pid, self.metrics_dir)
-                code = worker.process.exitcode
-                if not self.stopping:
-                    log.error(
-                        "worker %s (pid %s) exited with code %s; stopping the others",
-                        worker.process.name,
-                        worker.process.pid,
-                        code,
-                    )
-                    exit_code = 1
-                    self.stop()
-                elif code not in (0, -signal.SIGTERM):
-                    log.error("worker %s exited with code %s while stopping", worker.process.name, code)
-                    exit_code = 1
+        while self.workers or (
+            not self.stopping and any(s.restart_at is not None for s in self.slots.values())
+        ):
+            starting = {w.ready: w for w in self.workers.values() if not w.listening and not w.ready.closed}
+            running = {w.process.sentinel: w for w in self.workers.values()}
+            due = [s.restart_at for s in self.slots.values() if s.restart_at is not None]
+            timeout = None if self.stopping or not due else max(0.0, min(due) - time.monotonic())
+            for event in wait([self._wakeup, *starting, *running], timeout):
+                if event is self._wakeup:
+                    with contextlib.suppress(BlockingIOError):
+                        self._wakeup.recv(64)
+                elif isinstance(event, Connection):
+                    self._listening(starting[event])
+                    if not announced and not self.stopping and self._all_listening():
+                        announced = True
+                        on_ready([w.process.pid for w in self.workers.values() if w.process.pid is not None])
+                else:
+                    exit_code = max(exit_code, self._died(running[cast(int, event)]))
+            now = time.monotonic()
+            for number, slot in self.slots.items():
+                if slot.restart_at is not None and slot.restart_at <= now:
+                    slot.restart_at = None
+                    self.start(number)
         return exit_code
+
+    def _all_listening(self) -> bool:
+        return len(self.workers) == self.settings.workers and all(w.listening for w in self.workers.values())
+
+    def _listening(self, worker: _Worker) -> None:
+        try:
+            worker.ready.recv()
+        except EOFError:  # it died first; its sentinel says so
+            worker.ready.close()
+            return
+        worker.ready.close()
+        worker.listening = True
+        self.slots[worker.number].start_failures = 0
+        if self.restarts:
+            log.warning("worker %s (pid %s) is serving again", worker.process.name, worker.process.pid)
+
+    def _died(self, worker: _Worker) -> int:
+        """Handle a worker's exit; the exit code the parent should end with because of it."""
+        worker.process.join()
+        del self.workers[worker.number]
+        if not worker.ready.closed:
+            worker.ready.close()
+        _forget_metrics_of(worker.process.pid, self.metrics_dir)
+        name, pid, code = worker.process.name, worker.process.pid, worker.process.exitcode
+        if self.stopping:
+            if code not in (0, -signal.SIGTERM):
+                log.error("worker %s exited with code %s while stopping", name, code)
+                return 1
+            return 0
+        slot = self.slots[worker.number]
+        served = time.monotonic() - worker.started
+        if not worker.listening:
+            slot.start_failures += 1
+            if slot.start_failures >= MAX_START_FAILURES:
+                log.error(
+                    "worker %s died before it could listen %d times in a row (last exit code %s); giving up "
+                    "and stopping the others: see the worker's errors above",
+                    name,
+                    slot.start_failures,
+                    code,
+                )
+                self.stop()
+                return 1
+        elif served >= STABLE_AFTER:
+            slot.delay = RESTART_DELAY_FIRST
+        log.error(
+            "worker %s (pid %s) exited with code %s after %.1f s; restarting it in %g s",
+            name,
+            pid,
+            code,
+            served,
+            slot.delay,
+        )
+        slot.restart_at = time.monotonic() + slot.delay
+        slot.delay = min(slot.delay * 2, RESTART_DELAY_MAX)
+        self.restarts += 1
+        _record_restarts(self.restarts, self.metrics_dir)
+        return 0
+
+
+def _record_restarts(count: int, metrics_dir: str) -> None:
+    """Publish the restart count where the workers' /metrics reads it (see telemetry.RESTARTS_FILE)."""
+    path = Path(metrics_dir) / RESTARTS_FILE
+    partial = path.with_suffix(".partial")
+    partial.write_text(str(count))
+    partial.replace(path)
 
 
 def _forget_metrics_of(pid: int | None, metrics_dir: str) -> None:
@@ -151,7 +250,7 @@ def _forget_metrics_of(pid: int | None, metrics_dir: str) -> None:
     from prometheus_client.multiprocess import mark_process_dead
 
     if pid is not None:
-        mark_process_dead(pid, metrics_dir)
+        mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
 
 
 def _work(settings: Settings, metrics_dir: str, announce: Connection) -> None:

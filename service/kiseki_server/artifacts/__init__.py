@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -36,7 +37,7 @@ async def open_artifact_store(settings: Settings) -> AsyncIterator[ArtifactStore
             if len(key) < 32:
                 raise ValueError("KISEKI_ARTIFACT_SIGNING_KEY must have at least 32 characters")
         else:
-            key = load_or_create_key(settings.data_dir)
+            key = await asyncio.to_thread(load_or_create_key, settings.data_dir)
         local = LocalArtifactStore(
             root_uri=root,
             signer=UrlSigner(key),
@@ -45,7 +46,7 @@ async def open_artifact_store(settings: Settings) -> AsyncIterator[ArtifactStore
             part_size=settings.artifact_multipart_part_size,
         )
         try:
-            local.root.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(local.root.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             # Served as 503s until the folder appears (e.g. a volume mounted late), like unreachable S3.
             log.error("cannot create the artifact folder %s: %s", local.root, exc)

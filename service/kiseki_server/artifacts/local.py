@@ -4,6 +4,11 @@ Layout under the root folder: each run's files at `<root>/<experiment_id>/<run_i
 (the run's artifact_uri), and unfinished uploads in `<root>/.kiseki-uploads/<run_id>/`, on the same
 filesystem so that a finished file is renamed into place, never seen half-written. Bodies are streamed
 to and from disk; no file is ever held in memory whole.
+
+Every filesystem call runs in a worker thread, never on the event loop (a slow or network filesystem must
+not stall the service); long jobs (purges, aborts, assembling multipart files) also take one of
+`_BULK_JOBS` slots, so they cannot occupy every thread that quick requests need. A page of a listing
+reads its folders once and stats only the entries on the page.
 """
 
 from __future__ import annotations
@@ -15,23 +20,28 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import AsyncIterable, Iterator
-from pathlib import Path, PurePosixPath
+from collections.abc import AsyncIterable, Awaitable, Callable
+from pathlib import Path
+from typing import BinaryIO, ParamSpec, TypeVar
 
 import orjson
 
 from kiseki.models import ArtifactPurge, CompletedPart, FileInfo, RunInfo, UploadPart
-from kiseki_server.artifacts.paths import is_inside, parse_file_uri
+from kiseki_server.artifacts.paths import STAGING, location_under, parse_file_uri
 from kiseki_server.artifacts.signing import Grant, UrlSigner
 from kiseki_server.artifacts.store import ArtifactStore, PartLayout, RunArtifacts
 from kiseki_server.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from kiseki_server.pagination import decode_token, encode_token
 
-STAGING = ".kiseki-uploads"
 _WRITE_BUFFER = 1024 * 1024
 _COPY_BUFFER = 8 * 1024 * 1024
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 _ETAG = re.compile(r'"?([0-9a-f]{32})"?')
+_BULK_JOBS = 2
+"""Long filesystem jobs at a time per store; the default thread pool has only cpu_count + 4 threads."""
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class LocalArtifactStore(ArtifactStore):
@@ -52,57 +62,31 @@ class LocalArtifactStore(ArtifactStore):
         )
         self.root = Path(parse_file_uri(root_uri))
         self.signer = signer
+        self._bulk = asyncio.Semaphore(_BULK_JOBS)
 
     @property
     def description(self) -> str:
         return f"local artifact storage at {self.root}"
 
-    # --- where things are -----------------------------------------------------------------------------
+    # --- off the event loop ---------------------------------------------------------------------------
 
-    def _folder(self, artifact_uri: str) -> str | None:
-        try:
-            folder = parse_file_uri(artifact_uri)
-        except ValueError:
-            return None
-        root = PurePosixPath(self.root)
-        if not folder.is_relative_to(root) or folder == root:
-            return None
-        relative = folder.relative_to(root)
-        return None if relative.parts[0] == STAGING else relative.as_posix()
-
-    def _path(self, run: RunArtifacts, path: str) -> Path:
-        """The file or folder of normalised artifact `path` ('' is the run's folder)."""
-        folder = self.root / run.folder
-        return folder / path if path else folder
-
-    def _staging(self, run: RunArtifacts) -> Path:
-        return self.root / STAGING / run.run_id
-
-    def _upload_dir(self, run: RunArtifacts, path: str, upload_id: str) -> tuple[Path, PartLayout]:
-        """An unfinished multipart upload of `path`: its folder and part layout (404 if there is none)."""
-        if not _UPLOAD_ID.fullmatch(upload_id):
-            raise InvalidInput(
-                f"upload_id {upload_id[:100]!r} is not an id this service issued", field="upload_id"
-            )
-        missing = NotFound(f"no unfinished multipart upload {upload_id!r} of '{path}'", field="upload_id")
-        folder = self._staging(run) / upload_id
-        try:
-            manifest = orjson.loads((folder / "manifest.json").read_bytes())
-        except FileNotFoundError:
-            raise missing from None
-        if manifest["path"] != path:
-            raise missing
-        return folder, PartLayout(size=manifest["size"], part_size=manifest["part_size"])
-
-    @contextlib.contextmanager
-    def _storage(self) -> Iterator[None]:
-        """Storage faults (missing root, full disk, I/O errors) as a 503 naming the storage."""
+    def _guarded(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`work` with storage faults (missing root, full disk, I/O errors) as a 503 naming the storage."""
         if not self.root.is_dir():
             raise ServiceUnavailable(f"{self.description} is unavailable: the folder is missing")
         try:
-            yield
+            return work(*args, **kwargs)
         except OSError as exc:
             raise ServiceUnavailable(f"{self.description} failed: {exc.strerror or exc}") from exc
+
+    async def _fs(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run filesystem work in a worker thread (guarded as above)."""
+        return await asyncio.to_thread(self._guarded, work, *args, **kwargs)  # type: ignore[arg-type]
+
+    async def _fs_bulk(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Like `_fs`, for work that may take long: at most `_BULK_JOBS` of these run at once."""
+        async with self._bulk:
+            return await self._fs(work, *args, **kwargs)
 
     async def ping(self) -> None:
         """The root folder exists and this process may write to it (checked in a thread: it may be NFS)."""
@@ -112,8 +96,43 @@ class LocalArtifactStore(ArtifactStore):
         if not usable:
             raise ServiceUnavailable(f"{self.description} is unavailable: the folder is missing or read-only")
 
+    # --- where things are -----------------------------------------------------------------------------
+
+    def _folder(self, artifact_uri: str) -> str | None:
+        below = location_under(artifact_uri, self.root_uri)
+        if not below or below[0] == STAGING:
+            return None
+        return "/".join(below)
+
+    def _path(self, run: RunArtifacts, path: str) -> Path:
+        """The file or folder of normalised artifact `path` ('' is the run's folder)."""
+        folder = self.root / run.folder
+        return folder / path if path else folder
+
+    def _staging(self, run: RunArtifacts) -> Path:
+        return self.root / STAGING / run.run_id
+
+    def _upload_folder(self, run: RunArtifacts, upload_id: str) -> Path:
+        if not _UPLOAD_ID.fullmatch(upload_id):
+            raise InvalidInput(
+                f"upload_id {upload_id[:100]!r} is not an id this service issued", field="upload_id"
+            )
+        return self._staging(run) / upload_id
+
+    def _read_layout(self, run: RunArtifacts, path: str, upload_id: str) -> PartLayout:
+        """(In a thread.) The layout of an unfinished multipart upload of `path`; 404 if there is none."""
+        missing = NotFound(f"no unfinished multipart upload {upload_id!r} of '{path}'", field="upload_id")
+        try:
+            manifest = orjson.loads((self._upload_folder(run, upload_id) / "manifest.json").read_bytes())
+        except FileNotFoundError:
+            raise missing from None
+        if manifest["path"] != path:
+            raise missing
+        return PartLayout(size=manifest["size"], part_size=manifest["part_size"])
+
     def _check_writable(self, run: RunArtifacts, path: str) -> None:
-        """409 early, when a file of the run sits where `path` needs a folder or the other way round."""
+        """(In a thread.) 409 early, when a file of the run sits where `path` needs a folder or the other
+        way round."""
         target = self._path(run, path)
         if target.is_dir():
             raise Conflict(f"'{path}' is a folder of run {run.run_id}; it can't become a file", field="path")
@@ -130,32 +149,38 @@ class LocalArtifactStore(ArtifactStore):
     # --- primitives -----------------------------------------------------------------------------------
 
     async def _upload_url(self, run: RunArtifacts, path: str, size: int, expires: int, origin: str) -> str:
-        with self._storage():
-            self._check_writable(run, path)
+        await self._fs(self._check_writable, run, path)
         return self.signer.url(origin, Grant("PUT", run.run_id, path, expires, size=size))
 
     async def _start_multipart(self, run: RunArtifacts, path: str, layout: PartLayout) -> str:
         upload_id = secrets.token_hex(16)
-        with self._storage():
+        manifest = orjson.dumps({"path": path, "size": layout.size, "part_size": layout.part_size})
+
+        def start() -> None:
             self._check_writable(run, path)
-            folder = self._staging(run) / upload_id
+            folder = self._upload_folder(run, upload_id)
             folder.mkdir(parents=True)
-            manifest = {"path": path, "size": layout.size, "part_size": layout.part_size}
-            (folder / "manifest.json").write_bytes(orjson.dumps(manifest))
+            (folder / "manifest.json").write_bytes(manifest)
+
+        await self._fs(start)
         return upload_id
 
+    async def _upload_layout(self, run: RunArtifacts, path: str, upload_id: str) -> PartLayout:
+        self._upload_folder(run, upload_id)  # a malformed id is a 400 before any filesystem call
+        return await self._fs(self._read_layout, run, path, upload_id)
+
     async def _part_urls(
-        self, run: RunArtifacts, path: str, upload_id: str, numbers: list[int], expires: int, origin: str
+        self,
+        run: RunArtifacts,
+        path: str,
+        upload_id: str,
+        layout: PartLayout,
+        numbers: list[int],
+        expires: int,
+        origin: str,
     ) -> list[UploadPart]:
-        with self._storage():
-            _, layout = self._upload_dir(run, path, upload_id)
         parts = []
-        for i, number in enumerate(numbers):
-            if number > layout.count:
-                raise InvalidInput(
-                    f"part_numbers.{i}: the upload has {layout.count} parts, not {number}",
-                    field=f"part_numbers.{i}",
-                )
+        for number in numbers:
             grant = Grant(
                 "PUT",
                 run.run_id,
@@ -169,18 +194,15 @@ class LocalArtifactStore(ArtifactStore):
         return parts
 
     async def _complete(
-        self, run: RunArtifacts, path: str, upload_id: str, parts: list[CompletedPart]
+        self, run: RunArtifacts, path: str, upload_id: str, layout: PartLayout, parts: list[CompletedPart]
     ) -> FileInfo:
-        with self._storage():
-            folder, layout = self._upload_dir(run, path, upload_id)
-            if len(parts) != layout.count:
-                raise InvalidInput(
-                    f"the upload has {layout.count} parts but parts lists {len(parts)}", field="parts"
-                )
+        def complete() -> None:
+            folder = self._upload_folder(run, upload_id)
+            self._read_layout(run, path, upload_id)  # still there: not completed or aborted meanwhile
             files = []
             for i, part in enumerate(parts):
                 match = _ETAG.fullmatch(part.etag)
-                file = folder / f"part-{part.part_number:05d}.{match[1]}" if match else None
+                file = folder / _part_name(part.part_number) / match[1] if match else None
                 if file is None or not file.is_file():
                     raise InvalidInput(
                         f"part {part.part_number} was never uploaded with ETag {part.etag}",
@@ -188,44 +210,37 @@ class LocalArtifactStore(ArtifactStore):
                     )
                 files.append(file)
             assembled = folder / "assembled"
-            await asyncio.to_thread(_concatenate, files, assembled)
-            await asyncio.to_thread(self._place, run, assembled, path)
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+            _concatenate(files, assembled)
+            self._place(run, assembled, path)
+            shutil.rmtree(folder, ignore_errors=True)
+
+        await self._fs_bulk(complete)
         return FileInfo(path=path, is_dir=False, file_size=layout.size)
 
     async def _abort(self, run: RunArtifacts, path: str, upload_id: str) -> None:
-        with self._storage():
-            folder, _ = self._upload_dir(run, path, upload_id)
-            await asyncio.to_thread(shutil.rmtree, folder)
+        def abort() -> None:
+            self._read_layout(run, path, upload_id)
+            shutil.rmtree(self._upload_folder(run, upload_id))
+
+        await self._fs_bulk(abort)
 
     async def _stat(self, run: RunArtifacts, path: str) -> FileInfo | None:
-        with self._storage():
-            try:
-                found = self._path(run, path).stat()
-            except (FileNotFoundError, NotADirectoryError):
-                return None
-        if stat.S_ISDIR(found.st_mode):
-            return FileInfo(path=path, is_dir=True)
-        return FileInfo(path=path, is_dir=False, file_size=found.st_size)
+        return await self._fs(_stat, self._path(run, path), path)
 
     async def _list(
         self, run: RunArtifacts, path: str, max_results: int, page_token: str | None
     ) -> tuple[list[FileInfo], str | None]:
         after = decode_token(page_token, str)[0] if page_token else ""
-        with self._storage():
-            entries = await asyncio.to_thread(_scan, self._path(run, path), path)
-        page = [e for e in entries if e.path > after][: max_results + 1]
+        page = await self._fs(_scan_page, self._path(run, path), path, after, max_results + 1)
         more = len(page) > max_results
         page = page[:max_results]
-        return page, encode_token(page[-1].path) if more else None
+        return [entry for _, entry in page], encode_token(page[-1][0]) if more else None
 
     async def _walk(
         self, run: RunArtifacts, path: str, max_results: int, page_token: str | None
     ) -> tuple[list[FileInfo], str | None]:
         after = decode_token(page_token, str)[0] if page_token else ""
-        with self._storage():
-            files = await asyncio.to_thread(_walk, self._path(run, ""), path)
-        page = [f for f in files if f.path > after][: max_results + 1]
+        page = await self._fs(_walk_page, self._path(run, path), path, after, max_results + 1)
         more = len(page) > max_results
         page = page[:max_results]
         return page, encode_token(page[-1].path) if more else None
@@ -234,12 +249,14 @@ class LocalArtifactStore(ArtifactStore):
         return self.signer.url(origin, Grant("GET", run.run_id, path, expires))
 
     async def _purge(self, run: RunArtifacts) -> ArtifactPurge:
-        with self._storage():
-            files = await asyncio.to_thread(_walk, self._path(run, ""), "")
-            uploads = await asyncio.to_thread(_subfolders, self._staging(run))
+        def purge() -> ArtifactPurge:
+            files = _count_files(self._path(run, ""))
+            uploads = _subfolders(self._staging(run))
             for folder in (self._path(run, ""), self._staging(run)):
-                await asyncio.to_thread(shutil.rmtree, folder, True)
-        return ArtifactPurge(deleted_files=len(files), aborted_uploads=uploads)
+                shutil.rmtree(folder, ignore_errors=True)
+            return ArtifactPurge(deleted_files=files, aborted_uploads=uploads)
+
+        return await self._fs_bulk(purge)
 
     # --- bytes, for the signed URLs -------------------------------------------------------------------
 
@@ -253,39 +270,52 @@ class LocalArtifactStore(ArtifactStore):
                 f"Content-Length is {content_length} but this URL takes exactly {grant.size} bytes"
             )
         where = self.locate(run)
-        with self._storage():
+        if grant.upload_id is not None:
+            self._upload_folder(where, grant.upload_id)
+
+        def open_incoming() -> tuple[Path, BinaryIO]:
             if grant.upload_id is not None:
-                folder, _ = self._upload_dir(where, grant.path, grant.upload_id)
+                self._read_layout(where, grant.path, grant.upload_id)
+                folder = self._upload_folder(where, grant.upload_id)
             else:
                 folder = self._staging(where)
                 folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f"incoming-{secrets.token_hex(8)}"
-            try:
-                written = await _spool(body, tmp, limit=grant.size)
-                if written != grant.size:
-                    raise InvalidInput(f"the body had {written} bytes; this URL takes exactly {grant.size}")
-                if grant.part_number is None:
-                    await asyncio.to_thread(self._place, where, tmp, grant.path)
-                    return None
-                etag = secrets.token_hex(16)
-                prefix = f"part-{grant.part_number:05d}."
-                for older in folder.glob(prefix + "*"):
-                    older.unlink(missing_ok=True)
-                os.replace(tmp, folder / (prefix + etag))
-                return f'"{etag}"'
-            finally:
-                tmp.unlink(missing_ok=True)
+            return tmp, tmp.open("xb")
 
-    def readable(self, run: RunInfo, grant: Grant) -> Path:
+        def store(tmp: Path) -> str | None:
+            if grant.part_number is None:
+                self._place(where, tmp, grant.path)
+                return None
+            assert grant.upload_id is not None
+            etag = secrets.token_hex(16)
+            versions = self._upload_folder(where, grant.upload_id) / _part_name(grant.part_number)
+            versions.mkdir(exist_ok=True)
+            with os.scandir(versions) as older:  # an earlier upload of this part: at most a few
+                for entry in older:
+                    os.unlink(entry.path)
+            os.replace(tmp, versions / etag)
+            return f'"{etag}"'
+
+        tmp, file = await self._fs(open_incoming)
+        try:
+            written = await _spool(body, lambda data: self._fs(file.write, data), limit=grant.size)
+            await self._fs(file.close)
+            if written != grant.size:
+                raise InvalidInput(f"the body had {written} bytes; this URL takes exactly {grant.size}")
+            return await self._fs(store, tmp)
+        finally:
+            await asyncio.to_thread(_discard, file, tmp)
+
+    async def readable(self, run: RunInfo, grant: Grant) -> Path:
         """The file a signed GET asks for (404 when it is not there)."""
-        with self._storage():
-            file = self._path(self.locate(run), grant.path)
-            if not file.is_file():
-                raise NotFound(f"run {run.run_id} has no file at '{grant.path}'", field="path")
+        file = self._path(self.locate(run), grant.path)
+        if not await self._fs(file.is_file):
+            raise NotFound(f"run {run.run_id} has no file at '{grant.path}'", field="path")
         return file
 
     def _place(self, run: RunArtifacts, source: Path, path: str) -> None:
-        """Rename a finished file into place (same filesystem: atomic)."""
+        """(In a thread.) Rename a finished file into place (same filesystem: atomic)."""
         target = self._path(run, path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -295,25 +325,35 @@ class LocalArtifactStore(ArtifactStore):
             raise
 
 
-async def _spool(body: AsyncIterable[bytes], target: Path, *, limit: int) -> int:
-    """Write `body` to `target` in ~1 MiB writes off the event loop; its length (over `limit` is a 400)."""
+def _part_name(number: int) -> str:
+    """The folder holding part `number` of an upload: one file, named by the ETag of its latest upload."""
+    return f"part-{number:05d}"
+
+
+async def _spool(
+    body: AsyncIterable[bytes], write: Callable[[bytes], Awaitable[object]], *, limit: int
+) -> int:
+    """Pass `body` to `write` in ~1 MiB pieces; its length (over `limit` is a 400)."""
     written = 0
     buffer = bytearray()
-    file = await asyncio.to_thread(open, target, "xb")
-    try:
-        async for chunk in body:
-            written += len(chunk)
-            if written > limit:
-                raise InvalidInput(f"the body has more than the {limit} bytes this URL takes")
-            buffer += chunk
-            if len(buffer) >= _WRITE_BUFFER:
-                await asyncio.to_thread(file.write, buffer)
-                buffer = bytearray()
-        if buffer:
-            await asyncio.to_thread(file.write, buffer)
-    finally:
-        await asyncio.to_thread(file.close)
+    async for chunk in body:
+        written += len(chunk)
+        if written > limit:
+            raise InvalidInput(f"the body has more than the {limit} bytes this URL takes")
+        buffer += chunk
+        if len(buffer) >= _WRITE_BUFFER:
+            await write(bytes(buffer))
+            buffer = bytearray()
+    if buffer:
+        await write(bytes(buffer))
     return written
+
+
+def _discard(file: BinaryIO, tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        file.close()
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
 
 
 def _concatenate(parts: list[Path], target: Path) -> None:
@@ -323,37 +363,94 @@ def _concatenate(parts: list[Path], target: Path) -> None:
                 shutil.copyfileobj(src, out, _COPY_BUFFER)
 
 
-def _scan(folder: Path, prefix: str) -> list[FileInfo]:
-    """The entries of `folder` as FileInfo with paths under `prefix`; none when it is not a folder."""
+def _stat(target: Path, path: str) -> FileInfo | None:
     try:
-        with os.scandir(folder) as entries:
+        found = target.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISDIR(found.st_mode):
+        return FileInfo(path=path, is_dir=True)
+    return FileInfo(path=path, is_dir=False, file_size=found.st_size)
+
+
+def _entries(folder: Path) -> list[tuple[str, os.DirEntry[str]]]:
+    """(sort key, entry) of the files and folders in `folder`, in path order: a folder sorts as
+    'name/', which puts everything under it exactly where its paths fall among its siblings'."""
+    try:
+        with os.scandir(folder) as it:
             found = []
-            for entry in entries:
-                path = f"{prefix}/{entry.name}" if prefix else entry.name
+            for entry in it:
                 if entry.is_dir(follow_symlinks=False):
-                    found.append(FileInfo(path=path, is_dir=True))
+                    found.append((entry.name + "/", entry))
                 elif entry.is_file(follow_symlinks=False):
-                    found.append(FileInfo(path=path, is_dir=False, file_size=entry.stat().st_size))
+                    found.append((entry.name, entry))
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(found, key=lambda f: f.path)
+    found.sort(key=lambda e: e[0])
+    return found
 
 
-def _walk(run_folder: Path, folder: str) -> list[FileInfo]:
-    """Every regular file under `folder` of a run, recursively, ordered by path."""
-    found = []
-    for dirpath, _, names in os.walk(run_folder / folder if folder else run_folder):
-        relative = Path(dirpath).relative_to(run_folder).as_posix()
-        for name in names:
-            path = name if relative == "." else f"{relative}/{name}"
-            info = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
-            if stat.S_ISREG(info.st_mode) and is_inside(path, folder):
-                found.append(FileInfo(path=path, is_dir=False, file_size=info.st_size))
-    return sorted(found, key=lambda f: f.path)
+def _scan_page(folder: Path, prefix: str, after: str, limit: int) -> list[tuple[str, FileInfo]]:
+    """Up to `limit` (sort key, entry) of `folder` whose keys (paths under `prefix`, a folder's with a
+    trailing '/', which is S3's key order) sort after `after`. Only those entries are stat'ed, so a page
+    of a huge folder costs one directory read, not a stat per file."""
+    page: list[tuple[str, FileInfo]] = []
+    for key, entry in _entries(folder):
+        key = f"{prefix}/{key}" if prefix else key
+        if key <= after:
+            continue
+        if len(page) == limit:
+            break
+        if key.endswith("/"):
+            page.append((key, FileInfo(path=key[:-1], is_dir=True)))
+        else:
+            size = entry.stat(follow_symlinks=False).st_size
+            page.append((key, FileInfo(path=key, is_dir=False, file_size=size)))
+    return page
+
+
+def _walk_page(top: Path, prefix: str, after: str, limit: int) -> list[FileInfo]:
+    """Up to `limit` regular files under `top` (paths under `prefix`) sorting after `after`, in path order.
+    Folders whose whole subtree sorts before `after` are skipped unread, and the walk stops once the page
+    is full, so paging through a big tree reads each folder about once rather than the tree per page."""
+    page: list[FileInfo] = []
+
+    def visit(folder: Path, relative: str) -> bool:
+        for key, entry in _entries(folder):
+            path = f"{relative}/{key}" if relative else key
+            if path.endswith("/"):
+                if after >= path and not after.startswith(path):
+                    continue
+                if not visit(Path(entry.path), path[:-1]):
+                    return False
+            elif path > after:
+                page.append(
+                    FileInfo(path=path, is_dir=False, file_size=entry.stat(follow_symlinks=False).st_size)
+                )
+                if len(page) == limit:
+                    return False
+        return True
+
+    visit(top, prefix)
+    return page
+
+
+def _count_files(top: Path) -> int:
+    """Regular files under `top` (no stat calls: the directory entries' types suffice)."""
+    count = 0
+    folders = [top]
+    while folders:
+        for _, entry in _entries(folders.pop()):
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(Path(entry.path))
+            else:
+                count += 1
+    return count
 
 
 def _subfolders(folder: Path) -> int:
     try:
-        return sum(1 for entry in os.scandir(folder) if entry.is_dir())
+        with os.scandir(folder) as entries:
+            return sum(1 for entry in entries if entry.is_dir(follow_symlinks=False))
     except FileNotFoundError:
         return 0

@@ -14,6 +14,8 @@ from urllib.parse import unquote, urlsplit
 from kiseki.models import MAX_ARTIFACT_PATH_LENGTH
 from kiseki_server.errors import InvalidInput
 
+STAGING = ".kiseki-uploads"
+"""Folder (local) or key prefix (S3) under the artifact root for unfinished uploads: never a run's."""
 MAX_NAME_BYTES = 255
 """Longest path part in UTF-8 bytes: the usual filesystem name limit, applied to S3 too for parity."""
 
@@ -53,17 +55,28 @@ def normalize(path: str, *, field: str = "path", allow_root: bool = False) -> st
     return "/".join(parts)
 
 
-def is_inside(path: str, folder: str) -> bool:
-    """Whether normalised `path` is `folder` or lies under it ('' is the root, holding everything)."""
-    return not folder or path == folder or path.startswith(folder + "/")
+def _segments(path: str) -> list[str]:
+    """`path` split on '/', with empty and '.' parts dropped and '..' resolved lexically (never above '/').
+
+    Filesystems and filesystem-backed S3 servers (SeaweedFS stores `a//b` as `a/b`) treat these forms as
+    the same place, so every location is compared and addressed in this one form.
+    """
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    return segments
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """(bucket, key prefix without slashes at either end) of `s3://bucket[/prefix]`."""
+    """(bucket, normalised key prefix without slashes at either end) of `s3://bucket[/prefix]`."""
     parts = urlsplit(uri)
     if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
         raise ValueError(f"not an s3://bucket[/prefix] URI: {uri!r}")
-    return parts.netloc, parts.path.strip("/")
+    return parts.netloc, "/".join(_segments(parts.path))
 
 
 def parse_file_uri(uri: str) -> PurePosixPath:
@@ -71,11 +84,34 @@ def parse_file_uri(uri: str) -> PurePosixPath:
     parts = urlsplit(uri)
     if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
         raise ValueError(f"not a file:///absolute/path URI: {uri!r}")
-    segments: list[str] = []
-    for segment in unquote(parts.path).split("/"):
-        if segment == "..":
-            if segments:
-                segments.pop()
-        elif segment not in ("", "."):
-            segments.append(segment)
-    return PurePosixPath("/", *segments)
+    if parts.query or parts.fragment:
+        raise ValueError(f"a file:// URI of an artifact folder takes no query or fragment: {uri!r}")
+    return PurePosixPath("/", *_segments(unquote(parts.path)))
+
+
+def location_parts(uri: str) -> tuple[str, str, tuple[str, ...]]:
+    """(scheme, bucket or '', path segments) of an artifact location, normalised exactly as the stores
+    address storage; ValueError when no store could serve `uri`."""
+    scheme = urlsplit(uri).scheme
+    if scheme == "s3":
+        bucket, key = parse_s3_uri(uri)
+        return "s3", bucket, tuple(key.split("/")) if key else ()
+    if scheme == "file":
+        return "file", "", parse_file_uri(uri).parts[1:]
+    raise ValueError(f"not an s3:// or file:// URI: {uri!r}")
+
+
+def location_under(uri: str, root: str) -> tuple[str, ...] | None:
+    """The segments of `uri` below `root` (() when it is the root itself), or None when it lies outside.
+
+    The one test of "is this inside the service's root" for both the stores (which serve only runs
+    inside) and the check on custom experiment locations (which must stay outside): they cannot disagree.
+    """
+    try:
+        scheme, bucket, segments = location_parts(uri)
+        root_scheme, root_bucket, root_segments = location_parts(root)
+    except ValueError:
+        return None
+    if (scheme, bucket) != (root_scheme, root_bucket) or segments[: len(root_segments)] != root_segments:
+        return None
+    return segments[len(root_segments) :]

@@ -4,23 +4,29 @@ Keys are `<root prefix>/<experiment_id>/<run_id>/artifacts/<path>` (the run's ar
 clients: one calls the endpoint the service reaches, the other only presigns, for the public endpoint
 clients reach (a SigV4 signature covers the host, so a URL signed for an internal name is useless
 outside). Presigning is local CPU work; only multipart bookkeeping, listings, stats and purges are
-calls to storage.
+calls to storage. Every upload URL signs its exact Content-Length, so storage refuses any other body
+size; as S3 keeps no metadata on an unfinished multipart upload, its layout (size, part size: what each
+part URL is signed for and what `complete` checks ListParts against) is a small JSON object under
+`<prefix>/.kiseki-uploads/<run_id>/`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
+import orjson
 from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from kiseki.models import ArtifactPurge, CompletedPart, FileInfo, UploadPart
-from kiseki_server.artifacts.paths import parse_s3_uri
+from kiseki.models import MAX_PARTS, ArtifactPurge, CompletedPart, FileInfo, UploadPart
+from kiseki_server.artifacts.paths import STAGING, location_under, parse_s3_uri
 from kiseki_server.artifacts.store import ArtifactStore, PartLayout, RunArtifacts, gather_bounded
 from kiseki_server.config import Settings
 from kiseki_server.errors import InvalidInput, KisekiError, NotFound, ServiceUnavailable
@@ -64,15 +70,10 @@ class S3ArtifactStore(ArtifactStore):
     # --- where things are -----------------------------------------------------------------------------
 
     def _folder(self, artifact_uri: str) -> str | None:
-        try:
-            bucket, key = parse_s3_uri(artifact_uri)
-        except ValueError:
+        below = location_under(artifact_uri, self.root_uri)
+        if not below or below[0] == STAGING:
             return None
-        if bucket != self.bucket:
-            return None
-        if not self.prefix:
-            return key or None
-        return key.removeprefix(self.prefix + "/") if key.startswith(self.prefix + "/") else None
+        return "/".join(below)
 
     def _key(self, run: RunArtifacts, path: str) -> str:
         key = "/".join(p for p in (self.prefix, run.folder, path) if p)
@@ -131,36 +132,121 @@ class S3ArtifactStore(ArtifactStore):
             await self._client.head_bucket(Bucket=self.bucket)
 
     async def _presign(self, operation: str, params: dict[str, Any]) -> str:
+        """A presigned URL. Signing is ~0.2 ms of CPU that never suspends, so each one yields to the loop
+        afterwards: a page of 1,000 URLs must not hold every other request for its whole duration."""
         with self._storage():
             url: str = await self._presigner.generate_presigned_url(
                 operation, Params={"Bucket": self.bucket, **params}, ExpiresIn=self._expiry
             )
+        await asyncio.sleep(0)
         return url
 
     # --- primitives -----------------------------------------------------------------------------------
 
     async def _upload_url(self, run: RunArtifacts, path: str, size: int, expires: int, origin: str) -> str:
-        return await self._presign("put_object", {"Key": self._key(run, path)})
+        # ContentLength makes content-length a signed header: storage refuses a body of any other size.
+        return await self._presign("put_object", {"Key": self._key(run, path), "ContentLength": size})
+
+    def _manifest_key(self, run: RunArtifacts, upload_id: str) -> str:
+        """Where the part layout of an unfinished upload is kept (S3 has no metadata on uploads)."""
+        name = hashlib.sha256(upload_id.encode()).hexdigest()
+        return "/".join(p for p in (self.prefix, STAGING, run.run_id, f"{name}.json") if p)
 
     async def _start_multipart(self, run: RunArtifacts, path: str, layout: PartLayout) -> str:
+        key = self._key(run, path)
         with self._storage():
-            answer = await self._client.create_multipart_upload(Bucket=self.bucket, Key=self._key(run, path))
-        return str(answer["UploadId"])
+            answer = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        upload_id = str(answer["UploadId"])
+        manifest = {"key": key, "upload_id": upload_id, "size": layout.size, "part_size": layout.part_size}
+        try:
+            with self._storage():
+                await self._client.put_object(
+                    Bucket=self.bucket,
+                    Key=self._manifest_key(run, upload_id),
+                    Body=orjson.dumps(manifest),
+                    ContentType="application/json",
+                )
+        except BaseException:
+            with contextlib.suppress(KisekiError):
+                await self._abort(run, path, upload_id)
+            raise
+        return upload_id
+
+    async def _upload_layout(self, run: RunArtifacts, path: str, upload_id: str) -> PartLayout:
+        key = self._key(run, path)
+        missing = NotFound(
+            f"no unfinished multipart upload {upload_id[:200]!r} of '{path}'", field="upload_id"
+        )
+        try:
+            with self._storage(missing=missing):
+                answer = await self._client.get_object(
+                    Bucket=self.bucket, Key=self._manifest_key(run, upload_id)
+                )
+                async with answer["Body"] as stream:
+                    manifest = orjson.loads(await stream.read())
+        except NotFound:
+            # Let storage judge the id (malformed: 400, unknown: 404); one it knows but this service has
+            # no layout for (started before layouts were kept) can only be aborted.
+            await self._stored_parts(key, upload_id)
+            raise NotFound(
+                f"multipart upload {upload_id[:200]!r} of '{path}' has no recorded part layout, so its "
+                "part sizes can't be checked; abort it and upload the file again",
+                field="upload_id",
+            ) from None
+        if manifest.get("key") != key or manifest.get("upload_id") != upload_id:
+            raise missing
+        return PartLayout(size=manifest["size"], part_size=manifest["part_size"])
 
     async def _part_urls(
-        self, run: RunArtifacts, path: str, upload_id: str, numbers: list[int], expires: int, origin: str
+        self,
+        run: RunArtifacts,
+        path: str,
+        upload_id: str,
+        layout: PartLayout,
+        numbers: list[int],
+        expires: int,
+        origin: str,
     ) -> list[UploadPart]:
         key = self._key(run, path)
         urls = await gather_bounded(
-            self._presign("upload_part", {"Key": key, "UploadId": upload_id, "PartNumber": n})
+            self._presign(
+                "upload_part",
+                {"Key": key, "UploadId": upload_id, "PartNumber": n, "ContentLength": layout.part_bytes(n)},
+            )
             for n in numbers
         )
         return [UploadPart(part_number=n, url=url) for n, url in zip(numbers, urls, strict=True)]
 
+    async def _stored_parts(self, key: str, upload_id: str) -> dict[int, int]:
+        """Part number → size of every part storage holds for the upload (ListParts, 1,000 a page)."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "MaxParts": 1000}
+        sizes: dict[int, int] = {}
+        for _ in range(MAX_PARTS // 1000 + 1):
+            with self._storage(field="upload_id"):
+                page = await self._client.list_parts(**params)
+            sizes.update({int(p["PartNumber"]): int(p["Size"]) for p in page.get("Parts", [])})
+            if not page.get("IsTruncated"):
+                break
+            params["PartNumberMarker"] = page["NextPartNumberMarker"]
+        return sizes
+
     async def _complete(
-        self, run: RunArtifacts, path: str, upload_id: str, parts: list[CompletedPart]
+        self, run: RunArtifacts, path: str, upload_id: str, layout: PartLayout, parts: list[CompletedPart]
     ) -> FileInfo:
         key = self._key(run, path)
+        stored = await self._stored_parts(key, upload_id)
+        for i, part in enumerate(parts):
+            number = part.part_number
+            if number not in stored:
+                raise InvalidInput(f"part {number} was never uploaded", field=f"parts.{i}.etag")
+            if stored[number] != layout.part_bytes(number):
+                # Only a URL used against its signed length gets here: the upload is not to be trusted.
+                await self._abort(run, path, upload_id)
+                raise InvalidInput(
+                    f"part {number} holds {stored[number]} bytes but a {layout.size}-byte file in parts of "
+                    f"{layout.part_size} needs {layout.part_bytes(number)} there; the upload was aborted",
+                    field=f"parts.{i}",
+                )
         with self._storage(field="upload_id"):
             await self._client.complete_multipart_upload(
                 Bucket=self.bucket,
@@ -168,6 +254,7 @@ class S3ArtifactStore(ArtifactStore):
                 UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": p.part_number, "ETag": p.etag} for p in parts]},
             )
+        await self._delete([self._manifest_key(run, upload_id)])
         found = await self._stat(run, path)
         if found is None:
             raise ServiceUnavailable(f"{self.description} completed the upload of '{path}' but lost the file")
@@ -178,6 +265,7 @@ class S3ArtifactStore(ArtifactStore):
             await self._client.abort_multipart_upload(
                 Bucket=self.bucket, Key=self._key(run, path), UploadId=upload_id
             )
+        await self._delete([self._manifest_key(run, upload_id)])
 
     async def _stat(self, run: RunArtifacts, path: str) -> FileInfo | None:
         key = self._key(run, path)
@@ -203,7 +291,8 @@ class S3ArtifactStore(ArtifactStore):
             params["Delimiter"] = "/"
         if page_token:
             params["ContinuationToken"] = decode_token(page_token, str)[0]
-        with self._storage():
+        # A forged continuation token is the client's fault (a 400), not a storage failure.
+        with self._storage(field="page_token" if page_token else None):
             page = await self._client.list_objects_v2(**params)
         token = encode_token(page["NextContinuationToken"]) if page.get("IsTruncated") else None
         return page, token
@@ -221,7 +310,8 @@ class S3ArtifactStore(ArtifactStore):
             for o in page.get("Contents", [])
             if not o["Key"].endswith("/")
         ]
-        return sorted(entries, key=lambda e: e.path), token
+        # S3's key order, across pages too: a folder sorts as its prefix, with the trailing '/'.
+        return sorted(entries, key=lambda e: e.path + "/" if e.is_dir else e.path), token
 
     async def _walk(
         self, run: RunArtifacts, path: str, max_results: int, page_token: str | None
@@ -241,6 +331,10 @@ class S3ArtifactStore(ArtifactStore):
         prefix = self._key(run, "") + "/"
         deleted = 0
         folders = {prefix}
+        staging = "/".join(p for p in (self.prefix, STAGING, run.run_id) if p) + "/"
+        async for keys in self._keys(staging):
+            await self._delete(keys)
+        await self._delete([staging])
         async for keys in self._keys(prefix):
             await self._delete(keys)
             deleted += len(keys)

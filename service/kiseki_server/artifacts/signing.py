@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from urllib.parse import urlencode
 
 import orjson
 
+from kiseki.models import INT64_MAX, MAX_ARTIFACT_SIZE, MAX_PARTS
 from kiseki_server.errors import Forbidden, InvalidInput
 
 KEY_FILE = "artifact-signing.key"
@@ -70,28 +72,54 @@ class UrlSigner:
     def verify(self, method: str, run_id: str, path: str, query: Mapping[str, str]) -> Grant:
         """The grant a request's URL carries; 403 unless its signature is ours and it has not expired.
 
-        `path` is the URL's `path` query parameter, normalised by the caller.
+        `path` is the URL's `path` query parameter, normalised by the caller. A missing or malformed
+        parameter is a 400 naming it (this service only ever writes plain decimal numbers in range);
+        a signature that is not exactly ours, whatever its form, is a 403.
         """
-        try:
-            grant = Grant(
-                method=method,
-                run_id=run_id,
-                path=path,
-                expires=int(query["expires"]),
-                size=int(query["size"]) if "size" in query else None,
-                upload_id=query.get("upload_id"),
-                part_number=int(query["part_number"]) if "part_number" in query else None,
-            )
-            signature = query["signature"]
-        except (KeyError, ValueError):
-            raise InvalidInput(
-                "this URL lacks its signature parameters; ask the artifacts API for a fresh one"
-            ) from None
-        if not hmac.compare_digest(signature, self._signature(grant)):
+        expires = _number(query, "expires", INT64_MAX)
+        if expires is None:
+            raise _lacks("expires")
+        grant = Grant(
+            method=method,
+            run_id=run_id,
+            path=path,
+            expires=expires,
+            size=_number(query, "size", MAX_ARTIFACT_SIZE),
+            upload_id=query.get("upload_id"),
+            part_number=_number(query, "part_number", MAX_PARTS, lo=1),
+        )
+        signature = query.get("signature")
+        if signature is None:
+            raise _lacks("signature")
+        # compare_digest takes str only when both are ASCII; bytes it takes always.
+        if not hmac.compare_digest(signature.encode("utf-8", "replace"), self._signature(grant).encode()):
             raise Forbidden("the URL's signature does not match this method, run and path")
         if time.time() > grant.expires:
             raise Forbidden("the URL has expired; ask the artifacts API for a fresh one")
         return grant
+
+
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
+def _lacks(name: str) -> InvalidInput:
+    return InvalidInput(
+        f"this URL lacks its '{name}' parameter; ask the artifacts API for a fresh one", field=name
+    )
+
+
+def _number(query: Mapping[str, str], name: str, hi: int, *, lo: int = 0) -> int | None:
+    """An integer parameter of a signed URL, None when absent: plain ASCII decimal from `lo` to `hi`
+    (as this service writes them, never `+1`, `01` or non-ASCII digits), so a forged one is a clean
+    400 rather than a number the signature code cannot take."""
+    raw = query.get(name)
+    if raw is None:
+        return None
+    if not _DECIMAL.fullmatch(raw) or not lo <= int(raw) <= hi:
+        raise InvalidInput(
+            f"URL parameter '{name}' must be a whole number from {lo} to {hi}; got {raw[:40]!r}", field=name
+        )
+    return int(raw)
 
 
 def load_or_create_key(data_dir: Path) -> bytes:

@@ -40,6 +40,10 @@ from kiseki_server.errors import Conflict, InvalidInput, NotFound
 
 FIRST_PART_URLS = 100
 """Part URLs handed out with a new multipart upload; the rest come from the parts endpoint."""
+PLAN_PART_URLS = 1000
+"""Part URLs one upload plan hands out in all (more only if it has more multipart files: each gets at
+least one). Signing is CPU work on the event loop (~0.2 ms per S3 URL), and 1,000 huge files of 100
+parts each would hold it for half a minute."""
 _CONCURRENCY = 16
 """Storage calls one request may have in flight (e.g. starting the multipart uploads of a batch)."""
 MiB = 1024 * 1024
@@ -118,20 +122,28 @@ class ArtifactStore(ABC):
         """A new upload id."""
 
     @abstractmethod
+    async def _upload_layout(self, run: RunArtifacts, path: str, upload_id: str) -> PartLayout:
+        """The layout an unfinished multipart upload of `path` was planned with; NotFound if none."""
+
+    @abstractmethod
     async def _part_urls(
         self,
         run: RunArtifacts,
         path: str,
         upload_id: str,
+        layout: PartLayout,
         numbers: list[int],
         expires: int,
         origin: str,
-    ) -> list[UploadPart]: ...
+    ) -> list[UploadPart]:
+        """Signed URLs for parts `numbers` (all within the layout), each taking exactly its part's bytes."""
 
     @abstractmethod
     async def _complete(
-        self, run: RunArtifacts, path: str, upload_id: str, parts: list[CompletedPart]
-    ) -> FileInfo: ...
+        self, run: RunArtifacts, path: str, upload_id: str, layout: PartLayout, parts: list[CompletedPart]
+    ) -> FileInfo:
+        """Assemble the file from `parts` (one per part of `layout`, in order); a 400 when stored parts
+        don't match the layout."""
 
     @abstractmethod
     async def _abort(self, run: RunArtifacts, path: str, upload_id: str) -> None: ...
@@ -192,6 +204,13 @@ class ArtifactStore(ABC):
                 )
             paths[path] = i
         expires = self._expires()
+        multipart = [(path, layout) for path, i in paths.items() if (layout := self.layout(files[i].size))]
+        budget = PLAN_PART_URLS
+        first_parts: dict[str, int] = {}
+        for k, (path, layout) in enumerate(multipart):
+            later = len(multipart) - k - 1  # each later file keeps at least one URL
+            first_parts[path] = max(1, min(layout.count, FIRST_PART_URLS, budget - later))
+            budget -= first_parts[path]
 
         async def plan(path: str, size: int) -> ArtifactUpload:
             layout = self.layout(size)
@@ -199,8 +218,8 @@ class ArtifactStore(ABC):
                 url = await self._upload_url(where, path, size, expires, origin)
                 return ArtifactUpload(path=path, size=size, url=url, expires_at=expires * 1000)
             upload_id = await self._start_multipart(where, path, layout)
-            numbers = list(range(1, min(layout.count, FIRST_PART_URLS) + 1))
-            parts = await self._part_urls(where, path, upload_id, numbers, expires, origin)
+            numbers = list(range(1, first_parts[path] + 1))
+            parts = await self._part_urls(where, path, upload_id, layout, numbers, expires, origin)
             multipart = MultipartUpload(
                 upload_id=upload_id, part_size=layout.part_size, part_count=layout.count, parts=parts
             )
@@ -212,8 +231,15 @@ class ArtifactStore(ABC):
     async def part_urls(self, run: RunInfo, body: PartUrlsRequest, *, origin: str) -> PartUrls:
         where = self.locate(run)
         path = normalize(body.path)
+        layout = await self._upload_layout(where, path, body.upload_id)
+        for i, number in enumerate(body.part_numbers):
+            if number > layout.count:
+                raise InvalidInput(
+                    f"part_numbers.{i}: the upload has {layout.count} parts, not {number}",
+                    field=f"part_numbers.{i}",
+                )
         expires = self._expires()
-        parts = await self._part_urls(where, path, body.upload_id, body.part_numbers, expires, origin)
+        parts = await self._part_urls(where, path, body.upload_id, layout, body.part_numbers, expires, origin)
         return PartUrls(parts=parts, expires_at=expires * 1000)
 
     async def complete_multipart(self, run: RunInfo, body: MultipartComplete) -> FileInfo:
@@ -226,7 +252,14 @@ class ArtifactStore(ABC):
                     f"{part.part_number}, expected {i + 1}",
                     field=f"parts.{i}.part_number",
                 )
-        return await self._complete(where, path, body.upload_id, body.parts)
+        layout = await self._upload_layout(where, path, body.upload_id)
+        if len(body.parts) != layout.count:
+            raise InvalidInput(
+                f"the upload of {layout.size} bytes has {layout.count} parts but parts lists "
+                f"{len(body.parts)}",
+                field="parts",
+            )
+        return await self._complete(where, path, body.upload_id, layout, body.parts)
 
     async def abort_multipart(self, run: RunInfo, body: MultipartAbort) -> MultipartAborted:
         path = normalize(body.path)

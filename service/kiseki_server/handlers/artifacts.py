@@ -11,6 +11,11 @@ from urllib.parse import quote
 from aiohttp import web
 
 from kiseki.models import (
+    ARTIFACT_FOLDER_PATTERN,
+    ARTIFACT_PATH_PATTERN,
+    MAX_ARTIFACT_PATH_LENGTH,
+    MAX_ARTIFACT_SIZE,
+    MAX_PARTS,
     ArtifactList,
     ArtifactPurge,
     DownloadList,
@@ -30,7 +35,7 @@ from kiseki_server.artifacts.paths import normalize
 from kiseki_server.errors import InvalidInput, NotFound
 from kiseki_server.handlers.runs import run_id_of
 from kiseki_server.http_io import model_response, query_int, query_str, read_model
-from kiseki_server.routing import Query, Route
+from kiseki_server.routing import Query, Route, paging
 from kiseki_server.stores.experiments import parse_experiment_id
 
 MAX_PAGE = 1000
@@ -154,25 +159,56 @@ async def read_data(request: web.Request) -> web.StreamResponse:
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "sandbox; default-src 'none'",
     }
-    return web.FileResponse(store.readable(await _run(request), grant), headers=headers)
+    # FileResponse stats and opens the file in a thread and sends it with sendfile, off the event loop.
+    return web.FileResponse(await store.readable(await _run(request), grant), headers=headers)
 
 
 _ROOT = "/api/v1/runs/{run_id}/artifacts"
-_PATH = Query("path", "string", "Artifact path relative to the run's root; unset or '' for the root.")
-_PAGING = (
-    Query("max_results", "integer", f"Page size, 1 to {MAX_PAGE} (the default)."),
-    Query("page_token", "string", "The next_page_token of the previous page (same path)."),
+_PATH = Query(
+    "path",
+    "string",
+    "Artifact path relative to the run's root; unset or '' for the root.",
+    rules={"pattern": ARTIFACT_FOLDER_PATTERN, "maxLength": MAX_ARTIFACT_PATH_LENGTH},
 )
+_PAGING = paging(MAX_PAGE, default=MAX_PAGE)
 _SIGNED = (
-    Query("path", "string", "Artifact path.", required=True),
-    Query("expires", "integer", "Epoch second the URL stops working.", required=True),
-    Query("signature", "string", "HMAC over method, run, path, expiry and the rest.", required=True),
+    Query(
+        "path",
+        "string",
+        "Artifact path.",
+        required=True,
+        rules={"pattern": ARTIFACT_PATH_PATTERN, "maxLength": MAX_ARTIFACT_PATH_LENGTH},
+    ),
+    Query("expires", "integer", "Epoch second the URL stops working.", required=True, rules={"minimum": 0}),
+    Query(
+        "signature",
+        "string",
+        "HMAC over method, run, path, expiry and the rest (unpadded base64url).",
+        required=True,
+        rules={"pattern": r"^[A-Za-z0-9_-]{43}$"},
+    ),
 )
 _SIGNED_PUT = (
     *_SIGNED,
-    Query("size", "integer", "Exact body size the URL takes.", required=True),
-    Query("upload_id", "string", "Multipart upload a part belongs to."),
-    Query("part_number", "integer", "Part number of a multipart upload."),
+    Query(
+        "size",
+        "integer",
+        "Exact body size the URL takes.",
+        required=True,
+        rules={"minimum": 0, "maximum": MAX_ARTIFACT_SIZE},
+    ),
+    Query(
+        "upload_id",
+        "string",
+        "Multipart upload a part belongs to.",
+        rules={"minLength": 1, "maxLength": 1024},
+    ),
+    Query(
+        "part_number",
+        "integer",
+        "Part number of a multipart upload.",
+        rules={"minimum": 1, "maximum": MAX_PARTS},
+    ),
 )
 ROUTES = [
     Route(

@@ -17,10 +17,11 @@ from kiseki.models import (
 from kiseki_server.appkeys import STORES
 from kiseki_server.errors import NotFound
 from kiseki_server.http_io import model_response, query_enum, query_int, query_str, read_model
-from kiseki_server.routing import PAGING, VIEW_TYPE, Query, Route
+from kiseki_server.routing import VIEW_TYPE, Query, Route, paging
 from kiseki_server.stores.experiments import parse_experiment_id
 
 MAX_PAGE = 50_000
+_PAGING = paging(MAX_PAGE, default=1000)
 
 
 def _id(request: web.Request) -> int:
@@ -128,7 +129,7 @@ ROUTES = [
         query=(
             VIEW_TYPE,
             Query("name_like", "string", "Case-insensitive LIKE pattern on the name."),
-            *PAGING,
+            *_PAGING,
         ),
     ),
     Route(
@@ -150,7 +151,7 @@ ROUTES = [
         delete_tag,
         "Delete an experiment tag",
         response=Experiment,
-        query=(Query("key", "string", "Tag key.", required=True),),
+        query=(Query("key", "string", "Tag key.", required=True, rules={"minLength": 1}),),
     ),
     Route(
         "GET",
@@ -158,6 +159,6 @@ ROUTES = [
         list_runs,
         "List an experiment's runs, newest first",
         response=RunList,
-        query=(VIEW_TYPE, *PAGING),
+        query=(VIEW_TYPE, *_PAGING),
     ),
 ]

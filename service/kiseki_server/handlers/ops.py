@@ -42,7 +42,9 @@ async def _check(check: Awaitable[None], patience: float) -> dict[str, object]:
     except TimeoutError:
         return {"status": "down", "error": f"no answer within {patience:g} s"}
     except KisekiError as exc:
-        return {"status": "down", "error": exc.message}
+        cause = exc.__cause__
+        detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+        return {"status": "down", "error": exc.message + detail}
     except Exception as exc:
         return {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
     return {"status": "ok", "duration_ms": round((time.perf_counter() - started) * 1000, 2)}

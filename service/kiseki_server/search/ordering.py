@@ -12,10 +12,12 @@ the segment plus the last row's sort values, so the next page starts where this 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from kiseki.models import INT64_MAX, INT64_MIN
 from kiseki_server.errors import InvalidInput
 from kiseki_server.search.ast import Kind, OrderKey
 from kiseki_server.search.compiler import Attribute, Entity, Joined, KeyedTable, Known, Params, attribute
@@ -47,7 +49,7 @@ class Component:
 
     sql: str
     descending: bool
-    type: Literal["class", "float", "text", "int", "uuid", "id"]
+    type: Literal["class", "float", "text", "int", "uuid"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +136,14 @@ def segment_query(keys: list[SortKey], segment: SegmentKind, entity: Entity, par
                 )
         components.append(Component(src.sql, desc, _value_type(key)))
     last_desc = keys[-1].order.descending if keys else True
-    components.append(Component(entity.id_sql, last_desc, "id"))
+    components.append(Component(entity.id_sql, last_desc, _ID_TYPES[entity.id_type]))
     return SegmentQuery(
         joins="\n".join(joins), where=" AND ".join(where) or "TRUE", known=known, components=components
     )
+
+
+_ID_TYPES: dict[str, Literal["int", "uuid"]] = {"bigint": "int", "uuid": "uuid"}
+"""The entity id's SQL type → its component type: the last sort column, checked like any other."""
 
 
 def order_clause(components: list[Component]) -> str:
@@ -168,8 +174,33 @@ def _bad_token() -> InvalidInput:
     return InvalidInput("page_token is not a token this search returned", field="page_token")
 
 
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+def _typed(value: object, kind: str) -> object:
+    """One cursor value checked and converted for its component, or None when it cannot be one this
+    search produced (a uuid must be our 32-hex form: Postgres would take `0x…` or `{…}` as an error)."""
+    if kind == "class":
+        return value if type(value) is int and value in (0, 1, 2) else None
+    if kind == "int":
+        return value if type(value) is int and INT64_MIN <= value <= INT64_MAX else None
+    if kind == "text":
+        return value if type(value) is str and "\x00" not in value else None
+    if kind == "uuid":
+        return value if type(value) is str and _HEX32.fullmatch(value) else None
+    if kind == "float" and type(value) is str and len(value) <= 40:
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return None if math.isnan(number) else number
+    return None
+
+
 def check_cursor(values: list[object], components: list[Component]) -> list[object]:
-    """The cursor of a page token, typed for the query (a forged token is a 400, never a 500)."""
+    """The cursor of a page token, typed for the query (a forged token is a 400, never a 500).
+
+    Values under a non-zero class component must be null (cursor_of writes them so)."""
     if len(values) != len(components):
         raise _bad_token()
     out: list[object] = []
@@ -181,31 +212,11 @@ def check_cursor(values: list[object], components: list[Component]) -> list[obje
             out.append(None)
             hidden = False
             continue
-        ok = {
-            "class": lambda v: type(v) is int and v in (0, 1, 2),
-            "float": lambda v: isinstance(v, str),
-            "text": lambda v: isinstance(v, str),
-            "int": lambda v: type(v) is int and -(2**63) <= v < 2**63,
-            "uuid": lambda v: isinstance(v, str) and len(v) == 32,
-            "id": lambda v: (isinstance(v, str) and len(v) == 32) or type(v) is int,
-        }[comp.type](value)
-        if not ok:
+        typed = _typed(value, comp.type)
+        if typed is None:
             raise _bad_token()
-        if comp.type == "class":
-            hidden = value != 0
-        if comp.type == "float":
-            try:
-                value = float(str(value))
-            except ValueError:
-                raise _bad_token() from None
-            if math.isnan(value):
-                raise _bad_token()
-        if comp.type in ("uuid", "id") and isinstance(value, str):
-            try:
-                int(value, 16)
-            except ValueError:
-                raise _bad_token() from None
-        out.append(value)
+        hidden = comp.type == "class" and typed != 0
+        out.append(typed)
     return out
 
 
@@ -213,13 +224,14 @@ _CASTS = {"class": "int", "float": "float8", "text": "text", "int": "bigint", "u
 
 
 def after(components: list[Component], cursor: list[object], params: Params, id_type: str) -> str:
-    """Rows strictly after `cursor` in the sort order. Components whose cursor is null (values under a
-    non-zero class) are equal for every row compared and drop out. One direction throughout: a row
-    comparison, which Postgres uses as an index bound; mixed: nested ORs behind a bound on the first."""
+    """Rows strictly after `cursor` (as check_cursor returned it) in the sort order. Components whose
+    cursor is null (values under a non-zero class) are equal for every row compared and drop out. One
+    direction throughout: a row comparison, which Postgres uses as an index bound; mixed: nested ORs
+    behind a bound on the first. `id_type` is the entity id's SQL type, the cast of the last column."""
+    if _CASTS[components[-1].type] != id_type:
+        raise ValueError(f"the last sort column must be the {id_type} entity id")
     pairs = [
-        (c, params.add(v, id_type if c.type == "id" else _CASTS[c.type]))
-        for c, v in zip(components, cursor, strict=True)
-        if v is not None
+        (c, params.add(v, _CASTS[c.type])) for c, v in zip(components, cursor, strict=True) if v is not None
     ]
     if len({c.descending for c, _ in pairs}) == 1:
         op = "<" if pairs[0][0].descending else ">"

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import asyncpg
 
 from kiseki.models import Experiment, ExperimentList, ViewType
+from kiseki_server.artifacts.paths import location_under
 from kiseki_server.clock import now_ms
 from kiseki_server.errors import Conflict, InvalidInput, NotFound
 from kiseki_server.pagination import decode_token, encode_token
@@ -115,9 +116,10 @@ class ExperimentStore:
 
     def _check_location(self, location: str | None) -> None:
         """The service's artifact root is carved up by experiment id; a custom location inside it could
-        overlap another experiment's runs (and be purged with them)."""
+        overlap another experiment's runs (and be purged with them). "Inside" is decided after the
+        normalisation the artifact stores address storage with (`//`, `.`, `..`, `localhost`, escapes)."""
         root = self._artifact_root
-        if location is not None and (location.rstrip("/") == root or location.startswith(root + "/")):
+        if location is not None and location_under(location, root) is not None:
             raise InvalidInput(
                 f"artifact_location must not lie inside the service's artifact root {root}; leave it unset "
                 f"to get {root}/<experiment_id>",

@@ -100,7 +100,7 @@ async def _read_head(request: web.Request, store: ArtifactStore, run: RunInfo, u
     if isinstance(store, LocalArtifactStore) and url.startswith(origin(request) + "/api/"):
         query = dict(parse_qsl(urlsplit(url).query))
         grant = store.signer.verify("GET", run.run_id, normalize(query.get("path", "")), query)
-        file = store.readable(run, grant)
+        file = await store.readable(run, grant)
 
         def read() -> bytes:
             with file.open("rb") as f:
@@ -114,7 +114,15 @@ async def _read_head(request: web.Request, store: ArtifactStore, run: RunInfo, u
     ):
         if response.status not in (200, 206):
             raise KisekiError(f"storage answered {response.status} {response.reason}")
-        return await response.content.read(TEXT_PREVIEW_BYTES + 1)
+        # read(n) returns what one chunk holds, maybe less than n: collect up to the limit (a storage
+        # server that ignores Range must not make the preview read the whole file).
+        head = bytearray()
+        while len(head) <= TEXT_PREVIEW_BYTES:
+            chunk = await response.content.read(TEXT_PREVIEW_BYTES + 1 - len(head))
+            if not chunk:
+                break
+            head += chunk
+        return bytes(head)
 
 
 async def preview(request: web.Request, run: RunInfo, path: str) -> Preview:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
 from kiseki.models import ViewType
+from kiseki.timefmt import format_time, utc_datetime
 from kiseki_server.errors import InvalidInput
 from kiseki_server.http_io import query_int, query_str
 from kiseki_server.stores.browse import KeyCount
@@ -40,22 +40,20 @@ _BARE_KEY = re.compile(r"[\w.\-/:]+")
 
 
 def fmt_time(ms: int | None) -> str:
-    """Epoch milliseconds as 'YYYY-MM-DD HH:MM:SS' in UTC."""
-    if ms is None:
-        return ""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    """Epoch milliseconds as 'YYYY-MM-DD HH:MM:SS UTC'; a time outside years 1 to 9999 as its raw number."""
+    return format_time(ms, zone=True)
 
 
 def fmt_iso(ms: int | None) -> str:
-    if ms is None:
-        return ""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 for a `<time datetime>` attribute; '' when `ms` is no date in years 1 to 9999."""
+    return format_time(ms, iso=True) if ms is not None and utc_datetime(ms) is not None else ""
 
 
 def fmt_span(ms: float) -> str:
-    """A length of time for people: '850 ms', '42.1 s', '3 min 05 s', '2 h 14 min', '3 d 4 h'."""
-    if ms < 0:
-        return "\u2013"  # an en dash: no duration
+    """A length of time for people: '850 ms', '42.1 s', '3 min 05 s', '2 h 14 min', '3 d 4 h',
+    '1,234 y'; an en dash for a negative or unknown length."""
+    if not ms >= 0 or math.isinf(ms):
+        return "\u2013"
     if ms < 1000:
         return f"{ms:.0f} ms"
     seconds = ms / 1000
@@ -68,7 +66,9 @@ def fmt_span(ms: float) -> str:
     if hours < 48:
         return f"{hours} h {minutes:02d} min"
     days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
+    if days < 3650:
+        return f"{days} d {hours} h"
+    return f"{days // 365:,} y"
 
 
 def fmt_duration(start: int, end: int | None, status: str = "") -> str:
@@ -81,15 +81,18 @@ def fmt_duration(start: int, end: int | None, status: str = "") -> str:
 
 
 def fmt_ago(ms: int | None) -> str:
-    """How long ago, coarsely: '5 min ago', '3 h ago', '12 d ago'."""
+    """How long ago, coarsely: '5 min ago', '3 h ago', '12 d ago'; 'in the future' for a time ahead of
+    this server's clock (a client's clock, or microseconds sent as milliseconds)."""
     if ms is None:
         return ""
     elapsed = time.time() - ms / 1000
+    if elapsed < -60:
+        return "in the future"
     if elapsed < 60:
         return "just now"
     for limit, size, unit in ((3600, 60, "min"), (172_800, 3600, "h"), (math.inf, 86_400, "d")):
         if elapsed < limit:
-            return f"{int(elapsed // size)} {unit} ago"
+            return f"{int(elapsed // size):,} {unit} ago"
     raise AssertionError("unreachable")
 
 
@@ -117,14 +120,15 @@ def fmt_size(size: int | None) -> str:
         return ""
     if size < 1024:
         return f"{size} B"
+    scaled = float(size)
     for unit in ("KiB", "MiB", "GiB", "TiB"):
-        size /= 1024
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}"
+        scaled /= 1024
+        if scaled < 1024 or unit == "TiB":
+            return f"{scaled:,.1f} {unit}"
     raise AssertionError("unreachable")
 
 
-FILTERS = {
+FILTERS: Mapping[str, Callable[..., str]] = {
     "time": fmt_time,
     "iso": fmt_iso,
     "ago": fmt_ago,
