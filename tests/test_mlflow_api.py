@@ -352,6 +352,10 @@ async def test_log_inputs_are_returned_with_the_run(client: TestClient) -> None:
     assert run["inputs"]["dataset_inputs"] == [
         {"tags": [{"key": "mlflow.data.context", "value": "eval"}], "dataset": dataset}
     ], "logging a dataset again updates its input tags, it is not listed twice"
+    page = await client.get(f"/runs/{run_id}")
+    html = await page.text()
+    assert page.status == 200 and 'id="datasets"' in html, "the run page should show the run's datasets"
+    assert "mnist" in html and "abc123" in html and "mlflow.data.context = eval" in html
 
 
 async def test_get_requests_take_repeated_query_parameters(client: TestClient) -> None:

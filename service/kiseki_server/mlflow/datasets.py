@@ -6,17 +6,14 @@ each run that used it, which is all a run page or `run.inputs` needs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
-import orjson
 import pydantic
 from aiohttp import web
 
 from kiseki.models import MAX_KEY_LENGTH, MAX_TAG_VALUE_LENGTH
-from kiseki_server.appkeys import POOL, STORES
+from kiseki_server.appkeys import STORES
 from kiseki_server.mlflow.errors import invalid
 from kiseki_server.mlflow.wire import KeyValue, Lenient, message, respond, run_id_of
+from kiseki_server.stores.datasets import RunInput
 
 MAX_DATASETS_PER_CALL = 1000
 MAX_DATASET_FIELD = 1_000_000
@@ -52,7 +49,7 @@ async def log_inputs(request: web.Request) -> web.Response:
     run_id = run_id_of(body.run_id)
     if len(body.datasets) > MAX_DATASETS_PER_CALL:
         raise invalid(f"a call may log at most {MAX_DATASETS_PER_CALL} dataset inputs")
-    rows = []
+    inputs = []
     for i, item in enumerate(body.datasets):
         d = item.dataset
         for field, value in (("name", d.name), ("digest", d.digest), ("source_type", d.source_type)):
@@ -63,47 +60,23 @@ async def log_inputs(request: web.Request) -> web.Response:
         for tag in item.tags:
             _check(tag.key, f"datasets.{i}.tags key", MAX_KEY_LENGTH)
             _check(tag.value, f"datasets.{i}.tags value", MAX_TAG_VALUE_LENGTH)
-        tags = orjson.dumps({t.key: t.value for t in item.tags}).decode()
-        rows.append((d.name, d.digest, d.source_type, d.source, d.schema_, d.profile, tags))
-    run = await request.app[STORES].runs.get(run_id)
+        inputs.append(
+            RunInput(
+                name=d.name,
+                digest=d.digest,
+                source_type=d.source_type,
+                source=d.source,
+                schema_text=d.schema_,
+                profile=d.profile,
+                tags={t.key: t.value for t in item.tags},
+            )
+        )
+    stores = request.app[STORES]
+    run = await stores.runs.get(run_id)
     if run.info.lifecycle_stage != "active":
         raise invalid(f"The run {run_id} must be in the 'active' state; it is deleted")
-    if rows:
-        columns = list(zip(*rows, strict=True))
-        await request.app[POOL].execute(
-            """
-            INSERT INTO run_inputs (run_id, name, digest, source_type, source, schema, profile, tags)
-            SELECT $1, d.* FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                       $7::text[], $8::jsonb[]) AS d
-            ON CONFLICT (run_id, name, digest) DO UPDATE SET tags = excluded.tags
-            """,
-            run_id,
-            *[list(c) for c in columns],
-        )
+    await stores.datasets.add(run_id, inputs)
     return respond()
-
-
-async def inputs_of(pool: Any, run_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
-    """MLflow's `dataset_inputs` of each run, in the order they were first logged."""
-    ids = list(run_ids)
-    found: dict[str, list[dict[str, Any]]] = {run_id: [] for run_id in ids}
-    if not ids:
-        return found
-    rows = await pool.fetch(
-        "SELECT run_id, name, digest, source_type, source, schema, profile, tags::text AS tags"
-        " FROM run_inputs WHERE run_id = ANY($1::uuid[]) ORDER BY position",
-        ids,
-    )
-    for row in rows:
-        dataset = {k: row[k] for k in ("name", "digest", "source_type", "source", "schema", "profile")}
-        tags = orjson.loads(row["tags"])
-        found[row["run_id"]].append(
-            {
-                "tags": [{"key": k, "value": v} for k, v in tags.items()],
-                "dataset": {k: v for k, v in dataset.items() if v is not None},
-            }
-        )
-    return found
 
 
 ROUTES = [("POST", "runs/log-inputs", log_inputs)]

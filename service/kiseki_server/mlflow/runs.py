@@ -14,8 +14,7 @@ import orjson
 from aiohttp import web
 
 from kiseki.models import LogBatch, RunCreate, RunList, RunSearch, RunStatus, RunUpdate
-from kiseki_server.appkeys import ARTIFACTS, POOL, STORES
-from kiseki_server.mlflow import datasets
+from kiseki_server.appkeys import ARTIFACTS, STORES
 from kiseki_server.mlflow.errors import invalid
 from kiseki_server.mlflow.experiments import view_type
 from kiseki_server.mlflow.filters import translate_filter, translate_order_by
@@ -27,7 +26,6 @@ from kiseki_server.mlflow.wire import (
     Lenient,
     experiment_id_of,
     info_json,
-    latest_metrics,
     message,
     respond,
     run_id_of,
@@ -90,9 +88,10 @@ class Search(Lenient):
 
 
 async def _run_answer(request: web.Request, run_id: str) -> dict[str, Any]:
-    run = await request.app[STORES].runs.get(run_id)
-    metrics = await latest_metrics(request.app[POOL], [run_id])
-    inputs = await datasets.inputs_of(request.app[POOL], [run_id])
+    stores = request.app[STORES]
+    run = await stores.runs.get(run_id)
+    metrics = await stores.metrics.latest_of_runs([run_id])
+    inputs = await stores.datasets.of_runs([run_id])
     return run_json(run, metrics[run_id], request.app[ARTIFACTS], inputs[run_id])
 
 
@@ -259,8 +258,8 @@ async def search(request: web.Request) -> web.Response:
         )
     )
     run_ids = [r.info.run_id for r in found.runs]
-    metrics = await latest_metrics(request.app[POOL], run_ids)
-    inputs = await datasets.inputs_of(request.app[POOL], run_ids)
+    metrics = await request.app[STORES].metrics.latest_of_runs(run_ids)
+    inputs = await request.app[STORES].datasets.of_runs(run_ids)
     store = request.app[ARTIFACTS]
     answer: dict[str, Any] = {
         "runs": [run_json(r, metrics[r.info.run_id], store, inputs[r.info.run_id]) for r in found.runs]

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import math
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
-import asyncpg
 import orjson
 import pydantic
 from aiohttp import web
 
-from kiseki.models import Experiment, Run, RunInfo
+from kiseki.models import Experiment, Metric, Run, RunInfo
 from kiseki_server.artifacts import ArtifactStore
 from kiseki_server.errors import validation_error
 from kiseki_server.mlflow.errors import invalid
 from kiseki_server.stores import Stores
+from kiseki_server.stores.datasets import RunInput
 from kiseki_server.stores.experiments import parse_experiment_id
 from kiseki_server.stores.runs import parse_run_id
 
@@ -152,39 +152,35 @@ def info_json(info: RunInfo, tags: Mapping[str, str], store: ArtifactStore) -> d
     return body
 
 
-LatestMetrics = dict[str, list[dict[str, Any]]]
+def metrics_json(metrics: list[Metric]) -> list[dict[str, Any]]:
+    """Latest metrics in MLflow's shape (its values may be the strings NaN/Infinity/-Infinity)."""
+    return [
+        {"key": m.key, "value": number(m.value), "timestamp": m.timestamp, "step": m.step} for m in metrics
+    ]
 
 
-async def latest_metrics(pool: asyncpg.Pool, run_ids: Iterable[str]) -> LatestMetrics:
-    """Each run's latest metric values with their step and timestamp (kiseki's Run carries values only):
-    one indexed read of latest_metrics for a whole page of runs."""
-    ids = list(run_ids)
-    found: LatestMetrics = {run_id: [] for run_id in ids}
-    if not ids:
-        return found
-    rows = await pool.fetch(
-        "SELECT run_id, key, value, step, timestamp FROM latest_metrics WHERE run_id = ANY($1::uuid[])"
-        " ORDER BY run_id, key",
-        ids,
-    )
-    for row in rows:
-        found[row["run_id"]].append(
-            {
-                "key": row["key"],
-                "value": number(row["value"]),
-                "timestamp": row["timestamp"],
-                "step": row["step"],
-            }
-        )
-    return found
+def input_json(item: RunInput) -> dict[str, Any]:
+    """A stored dataset input in MLflow's `DatasetInput` shape."""
+    dataset = {
+        "name": item.name,
+        "digest": item.digest,
+        "source_type": item.source_type,
+        "source": item.source,
+        "schema": item.schema_text,
+        "profile": item.profile,
+    }
+    return {
+        "tags": [{"key": k, "value": v} for k, v in item.tags.items()],
+        "dataset": {k: v for k, v in dataset.items() if v is not None},
+    }
 
 
 def run_json(
-    run: Run, metrics: list[dict[str, Any]], store: ArtifactStore, inputs: list[dict[str, Any]] | None = None
+    run: Run, metrics: list[Metric], store: ArtifactStore, inputs: list[RunInput] | None = None
 ) -> dict[str, Any]:
     tags = run_tags(run)
     return {
         "info": info_json(run.info, tags, store),
-        "data": {"metrics": metrics, "params": pairs(run.data.params), "tags": pairs(tags)},
-        "inputs": {"dataset_inputs": inputs or []},
+        "data": {"metrics": metrics_json(metrics), "params": pairs(run.data.params), "tags": pairs(tags)},
+        "inputs": {"dataset_inputs": [input_json(i) for i in inputs or []]},
     }

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from kiseki_server.stores.browse import BrowseStore
+from kiseki_server.stores.datasets import DatasetStore
 from kiseki_server.stores.experiments import ExperimentStore
 from kiseki_server.stores.metrics import MetricStore
 from kiseki_server.stores.runs import RunStore
@@ -20,6 +21,7 @@ class Stores:
     metrics: MetricStore
     search: SearchStore
     browse: BrowseStore
+    datasets: DatasetStore
 
     @classmethod
     def open(cls, pool: asyncpg.Pool, *, artifact_root: str) -> Stores:
@@ -29,4 +31,5 @@ class Stores:
             metrics=MetricStore(pool),
             search=SearchStore(pool),
             browse=BrowseStore(pool),
+            datasets=DatasetStore(pool),
         )

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import asyncpg
 import numpy as np
 
-from kiseki.models import LogBatch, LogBatchResult
+from kiseki.models import LogBatch, LogBatchResult, Metric
 from kiseki_server import metric_codec
 from kiseki_server.clock import now_ms
 from kiseki_server.errors import Conflict, InvalidInput, NotFound
@@ -402,6 +402,25 @@ class MetricStore:
         for row in rows:
             chunks.setdefault((row["run_id"], row["key"]), []).append(row["data"])
         return await self.off_loop(sum(r["n_points"] for r in rows), _downsample_all, chunks, max_points)
+
+    async def latest_of_runs(self, run_ids: list[str]) -> dict[str, list[Metric]]:
+        """Each run's latest value per key with its step and timestamp (a `Run` carries values only),
+        by key: one indexed read of latest_metrics for a whole page of runs."""
+        found: dict[str, list[Metric]] = {run_id: [] for run_id in run_ids}
+        if not run_ids:
+            return found
+        rows = await self._pool.fetch(
+            "SELECT run_id, key, value, step, timestamp FROM latest_metrics WHERE run_id = ANY($1::uuid[])"
+            " ORDER BY run_id, key",
+            run_ids,
+        )
+        for row in rows:
+            found[row["run_id"]].append(
+                Metric.model_construct(
+                    key=row["key"], value=row["value"], step=row["step"], timestamp=row["timestamp"]
+                )
+            )
+        return found
 
 
 def _downsample_all(

@@ -137,9 +137,10 @@ async def run_page(request: web.Request) -> web.Response:
     run = await stores.runs.get(run_id)
     keys = sorted(run.data.metrics)
     drawn = keys[:MAX_CHARTS]
-    experiment, family, histories, listing = await asyncio.gather(
+    experiment, family, inputs, histories, listing = await asyncio.gather(
         stores.experiments.get(int(run.info.experiment_id)),
         request.app[STORES].browse.family(run_id, run.info.parent_run_id),
+        stores.datasets.of_runs([run_id]),
         stores.metrics.downsampled_many([(run_id, k) for k in drawn], max_points=CHART_POINTS),
         files.listing(
             request,
@@ -161,6 +162,7 @@ async def run_page(request: web.Request) -> web.Response:
             "run": run,
             "experiment": experiment,
             "family": family,
+            "inputs": inputs[run_id],
             "charts": figures,
             "undrawn": keys[MAX_CHARTS:],
             "x": x,
