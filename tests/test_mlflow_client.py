@@ -4,6 +4,7 @@ it logs visible through kiseki's own SDK (and the other way round)."""
 from __future__ import annotations
 
 import os
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,18 @@ def test_fluent_flow_and_kiseki_sees_it(client: MlflowClient) -> None:
     assert native.data.params["optimizer"] == "adam" and native.data.metrics["acc"] == 0.75
     assert kiseki.Client().get_run(child.info.run_id).info.parent_run_id == parent.info.run_id
     assert [m.value for m in kiseki.Client().get_metric_history(parent.info.run_id, "loss")][:2] == [1.0, 0.5]
+
+
+def test_the_run_browser_shows_what_mlflow_logged(client: MlflowClient, tracking_uri: str) -> None:
+    mlflow.set_experiment(unique("browse"))
+    with mlflow.start_run(run_name="shown-in-browser") as run:
+        mlflow.log_param("optimizer", "adam")
+        for step in range(5):
+            mlflow.log_metric("loss", 1 / (step + 1), step=step)
+    with urllib.request.urlopen(f"{tracking_uri}/runs/{run.info.run_id}") as page:
+        html = page.read().decode()
+    assert "shown-in-browser" in html and "adam" in html, "the run page should show the MLflow run"
+    assert 'class="chart' in html and "loss" in html, "the run page should chart the metric MLflow logged"
 
 
 def test_resume_run_by_id(client: MlflowClient) -> None:
