@@ -18,19 +18,28 @@ from tests.conftest import free_port
 
 @contextmanager
 def kiseki_server(
-    *args: str, env: dict[str, str] | None = None, port: int | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    command: list[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    inherit_env: bool = True,
 ) -> Iterator[tuple[str, list[str]]]:
     """Start `kiseki server` (on `port`, or a free one); yields its URL and the lines it printed.
-    Stops it with SIGTERM and checks that it exits cleanly."""
+    Stops it with SIGTERM and checks that it exits cleanly.
+
+    `command` replaces the whole command line (then `port` must be where it listens, e.g. by
+    KISEKI_PORT in `env`); `inherit_env=False` makes `env` the whole environment."""
     port = port or free_port()
-    command = [sys.executable, "-m", "kiseki", "server", "--port", str(port), *args]
+    command = command or [sys.executable, "-m", "kiseki", "server", "--port", str(port), *args]
     lines: list[str] = []
     with subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        env={**os.environ, **(env or {})} if inherit_env else dict(env or {}),
     ) as proc:
         assert proc.stdout is not None
         try:

@@ -9,18 +9,16 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
+from tests.servers import kiseki_server
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -83,29 +81,12 @@ def test_readme_quickstart_in_a_fresh_venv(workspace: Path) -> None:
     assert installed.returncode == 0, f"`{install}` failed:\n{installed.stdout[-3000:]}{installed.stderr}"
 
     # Not through a shell, so that SIGTERM reaches the server itself (`kiseki` is found on env's PATH).
-    server = subprocess.Popen(
-        shlex.split(start),
-        cwd=workspace,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    printed: list[str] = []
-    drain = threading.Thread(target=lambda: printed.extend(server.stdout or ()), daemon=True)
-    try:
-        assert server.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any("serving on" in line for line in printed):
-            line = server.stdout.readline()
-            if not line and server.poll() is not None:
-                pytest.fail(f"`{start}` exited with {server.returncode}:\n{''.join(printed)}")
-            printed.append(line)
+    with kiseki_server(command=shlex.split(start), port=port, cwd=workspace, env=env, inherit_env=False) as (
+        _,
+        printed,
+    ):
         output = "".join(printed)
-        # Keep draining its output (a full pipe would block the server); shown when the example fails.
-        drain.start()
         assert f"data folder {workspace / 'data'}" in output, f"it should print its data folder:\n{output}"
-
         example = workspace / "example"
         example.mkdir()
         script = readme_block("Log from Python", "python")
@@ -124,16 +105,3 @@ def test_readme_quickstart_in_a_fresh_venv(workspace: Path) -> None:
         assert "result: DataFrame 1" in ran.stdout, (
             "the README's example should find its run in a pandas DataFrame, as it says:\n" + ran.stdout
         )
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
-        finally:
-            if drain.is_alive():
-                drain.join(timeout=5)
-            if server.stdout is not None:
-                server.stdout.close()
-    assert server.returncode == 0, "the quickstart server should stop cleanly on SIGTERM"
