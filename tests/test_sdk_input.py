@@ -160,6 +160,8 @@ def test_log_metrics_is_all_or_nothing(sdk):
     with sdk.start_run() as run:
         with pytest.raises(kiseki.InvalidInput, match="'bad'"):
             sdk.log_metrics({"good": 1.0, "bad": None}, step=1)
+        with pytest.raises(kiseki.InvalidInput, match=r"step of metric 'good'.*whole number"):
+            sdk.log_metrics({"good": 1.0, "other": 2.0}, step=0.5)
         with pytest.raises(TypeError, match="mapping"):
             sdk.log_metrics([("good", 1.0)])  # type: ignore[arg-type]
         sdk.log_metrics({"good": 2.0}, step=2)

@@ -164,28 +164,24 @@ class Batcher:
 
     def add_metrics(self, run_id: str, metrics: object, step: Any, timestamp: Any, *, wait: bool) -> None:
         """Queue several points of one step: all of them, or (on bad input) none."""
-        pairs = _input.items(metrics, "metrics")
         points = []
-        for key, value in pairs:
+        for key, value in _input.items(metrics, "metrics"):
             key = check_key(key, "metric")
-            points.append(
-                (
-                    key,
-                    to_value(key, value),
-                    0 if step is None else to_int(key, "step", step),
-                    time_ns() // 1_000_000 if timestamp is None else to_timestamp(key, timestamp),
-                )
-            )
+            points.append((key, to_value(key, value)))
+        if points:  # the one step and timestamp are converted once; an error names the first key
+            first = points[0][0]
+            step = 0 if step is None else to_int(first, "step", step)
+            timestamp = time_ns() // 1_000_000 if timestamp is None else to_timestamp(first, timestamp)
         with self._lock:
             self._admit(run_id, wait)
             buffer = self._buffer(run_id)
-            for key, value, step_, stamp in points:
+            for key, value in points:
                 columns = buffer.metrics.get(key)
                 if columns is None:
                     columns = buffer.metrics[key] = ([], [], [])
-                columns[0].append(step_)
+                columns[0].append(step)
                 columns[1].append(value)
-                columns[2].append(stamp)
+                columns[2].append(timestamp)
             buffer.size += len(points)
             self._pending += len(points)
             if self._pending < self._max_batch or self._kicked:

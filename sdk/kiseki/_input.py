@@ -133,26 +133,25 @@ def to_timestamp(key: str, value: object) -> int:
     return to_int(key, "timestamp", value, low=0)
 
 
-def param(key: object, value: object) -> tuple[str, str]:
-    """(key, str(value)) for a param (values are str()-ed, as MLflow does) the server would accept."""
-    key = check_key(key, "param")
+def _text(kind: str, rule: TypeAdapter[str], key: object, value: object) -> tuple[str, str]:
+    key = check_key(key, kind)
     text = str(value)
     try:
-        _PARAM_VALUE.validate_python(text, strict=True)
+        rule.validate_python(text, strict=True)
     except ValidationError as exc:
-        raise InvalidInput(f"value of param {_show(key)} is invalid: {_reason(exc)}", field="value") from None
+        problem = _reason(exc)
+        raise InvalidInput(f"value of {kind} {_show(key)} is invalid: {problem}", field="value") from None
     return key, text
+
+
+def param(key: object, value: object) -> tuple[str, str]:
+    """(key, str(value)) for a param (values are str()-ed, as MLflow does) the server would accept."""
+    return _text("param", _PARAM_VALUE, key, value)
 
 
 def tag(key: object, value: object) -> tuple[str, str]:
     """(key, str(value)) for a tag the server would accept."""
-    key = check_key(key, "tag")
-    text = str(value)
-    try:
-        _TAG_VALUE.validate_python(text, strict=True)
-    except ValidationError as exc:
-        raise InvalidInput(f"value of tag {_show(key)} is invalid: {_reason(exc)}", field="value") from None
-    return key, text
+    return _text("tag", _TAG_VALUE, key, value)
 
 
 def items(mapping: object, kind: str) -> list[tuple[object, object]]:

@@ -194,13 +194,9 @@ async def send_entries(paths: list[Path], send: Send, *, tracking_uri: str | Non
             report.rejected.append((set_aside(path, f"unreadable spool entry: {exc}"), str(exc)))
             continue
         body: dict[str, Any] = envelope["body"]
+        kind = str(envelope.get("kind", BATCH))
         try:
-            answer = await send(
-                tracking_uri or str(envelope["tracking_uri"]),
-                str(envelope.get("kind", BATCH)),
-                envelope["run_id"],
-                body,
-            )
+            answer = await send(tracking_uri or str(envelope["tracking_uri"]), kind, envelope["run_id"], body)
         except _REFUSED as exc:
             reason = f"refused by the server ({exc.status}): {exc.message}"
             report.rejected.append((set_aside(path, reason), reason))
@@ -210,11 +206,7 @@ async def send_entries(paths: list[Path], send: Send, *, tracking_uri: str | Non
             report.error = exc.message
             break
         path.unlink(missing_ok=True)
-        if (
-            envelope.get("kind", BATCH) == BATCH
-            and isinstance(answer, dict)
-            and answer.get("applied") is False
-        ):
+        if kind == BATCH and isinstance(answer, dict) and answer.get("applied") is False:
             report.already += 1
             continue
         report.sent += 1
@@ -222,7 +214,6 @@ async def send_entries(paths: list[Path], send: Send, *, tracking_uri: str | Non
         report.points += points
         report.params += params
         report.tags += tags
-    if report.rejected:
-        for where, reason in report.rejected:
-            log.warning("kiseki: a spooled batch was refused and set aside at %s: %s", where, reason)
+    for where, reason in report.rejected:
+        log.warning("kiseki: a spooled batch was refused and set aside at %s: %s", where, reason)
     return report

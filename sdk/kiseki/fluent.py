@@ -104,24 +104,24 @@ def set_experiment(experiment_name: str | None = None, experiment_id: str | None
     return experiment
 
 
+def _chosen_experiment() -> tuple[str | None, str]:
+    """(id, name) of the active experiment as chosen: set_experiment's id, else KISEKI_EXPERIMENT_ID; when
+    there is no id, the name in KISEKI_EXPERIMENT_NAME, else "Default"."""
+    chosen = _experiment_id if _experiment_id is not None else os.environ.get("KISEKI_EXPERIMENT_ID") or None
+    return chosen, os.environ.get("KISEKI_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+
+
 def _active_experiment_id() -> str:
-    """The active experiment: set_experiment's, else KISEKI_EXPERIMENT_ID / _NAME, else "Default"
-    (created when missing: a run needs an experiment)."""
-    if _experiment_id is not None:
-        return _experiment_id
-    if experiment_id := os.environ.get("KISEKI_EXPERIMENT_ID"):
-        return experiment_id
-    name = os.environ.get("KISEKI_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
-    return _get_client().get_or_create_experiment(name).experiment_id
+    """The active experiment, created when missing: a run needs an experiment."""
+    experiment_id, name = _chosen_experiment()
+    return experiment_id or _get_client().get_or_create_experiment(name).experiment_id
 
 
 def _existing_experiment_id() -> str | None:
     """The active experiment for reads, which never create anything: None when it does not exist."""
-    if _experiment_id is not None:
-        return _experiment_id
-    if experiment_id := os.environ.get("KISEKI_EXPERIMENT_ID"):
+    experiment_id, name = _chosen_experiment()
+    if experiment_id is not None:
         return experiment_id
-    name = os.environ.get("KISEKI_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
     experiment = _get_client().get_experiment_by_name(name)
     return experiment.experiment_id if experiment is not None else None
 
@@ -314,7 +314,7 @@ def search_runs(
         if experiment is None:
             raise ValueError(f"no active experiment named {name!r}")
         ids.append(experiment.experiment_id)
-    if not ids and not experiment_names and (active := _existing_experiment_id()) is not None:
+    if not ids and (active := _existing_experiment_id()) is not None:
         ids = [active]
     runs: list[Run] = []
     token: str | None = None
