@@ -17,7 +17,9 @@ import orjson
 from kiseki.models import INT64_MAX, INT64_MIN
 from kiseki_server.errors import InvalidInput
 
-_ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]*$"
+"""What every token is made of (unpadded URL-safe base64), as a JSON Schema pattern."""
+_ALPHABET = re.compile(TOKEN_PATTERN)
 
 
 def encode_token(*key: Any) -> str:

@@ -19,6 +19,7 @@ from kiseki.models import (
     RUN_ID_PATTERN,
     ViewType,
 )
+from kiseki_server.pagination import TOKEN_PATTERN
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -69,7 +70,7 @@ PAGE_TOKEN = Query(
     "page_token",
     "string",
     "The next_page_token of the previous page.",
-    rules={"pattern": r"^[A-Za-z0-9_-]*$"},
+    rules={"pattern": TOKEN_PATTERN},
 )
 
 

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kiseki.models import INT64_MAX, INT64_MIN
 from kiseki_server.errors import InvalidInput
+from kiseki_server.pagination import bad_token, valid_value
 from kiseki_server.search.ast import Kind, OrderKey
 from kiseki_server.search.compiler import Attribute, Entity, Joined, KeyedTable, Known, Params, attribute
 
@@ -171,7 +171,7 @@ def cursor_of(row: Mapping[str, Any], components: list[Component]) -> list[objec
 
 
 def _bad_token() -> InvalidInput:
-    return InvalidInput("page_token is not a token this search returned", field="page_token")
+    return bad_token("page_token is not a token this search returned")
 
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -182,10 +182,8 @@ def _typed(value: object, kind: str) -> object:
     search produced (a uuid must be our 32-hex form: Postgres would take `0x…` or `{…}` as an error)."""
     if kind == "class":
         return value if type(value) is int and value in (0, 1, 2) else None
-    if kind == "int":
-        return value if type(value) is int and INT64_MIN <= value <= INT64_MAX else None
-    if kind == "text":
-        return value if type(value) is str and "\x00" not in value else None
+    if kind in ("int", "text"):
+        return value if valid_value(value, int if kind == "int" else str) else None
     if kind == "uuid":
         return value if type(value) is str and _HEX32.fullmatch(value) else None
     if kind == "float" and type(value) is str and len(value) <= 40:

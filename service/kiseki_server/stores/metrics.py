@@ -232,10 +232,6 @@ def _decode_merge_into(decoded: dict[int, Points], fresh: dict[int, bytes]) -> P
     return _merge([decoded[i] for i in sorted(decoded)])
 
 
-def _decode_merge(blobs: list[bytes]) -> Points:
-    return _merge([metric_codec.decode(b) for b in blobs])
-
-
 class MetricStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -368,18 +364,14 @@ class MetricStore:
             token = encode_token(last_step, last_ts, end - _first_at(points, last_step, last_ts))
         return HistoryPage(key, page, token)
 
-    async def _points(self, run_id: str, key: str) -> Points:
-        """All points of a key in (step, timestamp, arrival) order."""
+    async def downsampled(self, run_id: str, key: str, *, max_points: int) -> Points:
         rows = await self._pool.fetch(
             "SELECT n_points, data FROM metric_chunks WHERE run_id = $1 AND key = $2 ORDER BY chunk_id",
             run_id,
             key,
         )
-        return await self.off_loop(sum(r["n_points"] for r in rows), _decode_merge, [r["data"] for r in rows])
-
-    async def downsampled(self, run_id: str, key: str, *, max_points: int) -> Points:
-        points = await self._points(run_id, key)
-        return await self.off_loop(len(points), downsample, points, max_points)
+        points = sum(r["n_points"] for r in rows)
+        return await self.off_loop(points, _decode_downsample, [r["data"] for r in rows], max_points)
 
     async def downsampled_many(
         self, series: list[tuple[str, str]], *, max_points: int
@@ -423,10 +415,14 @@ class MetricStore:
         return found
 
 
+def _decode_downsample(blobs: list[bytes], max_points: int) -> Points:
+    return downsample(_merge([metric_codec.decode(b) for b in blobs]), max_points)
+
+
 def _downsample_all(
     chunks: dict[tuple[str, str], list[bytes]], max_points: int
 ) -> dict[tuple[str, str], Points]:
-    return {pair: downsample(_decode_merge(blobs), max_points) for pair, blobs in chunks.items()}
+    return {pair: _decode_downsample(blobs, max_points) for pair, blobs in chunks.items()}
 
 
 def _window(
