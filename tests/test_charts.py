@@ -37,7 +37,9 @@ EXTREMES = [
 VALUES = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True), st.sampled_from(EXTREMES)
 )
-RENDER_SECONDS = 0.5
+RENDER_SECONDS = 2.0
+"""CPU seconds of the drawing thread (other processes on a busy machine do not count): far above a
+normal render (milliseconds), far below the hang it guards against (a loop over ~1e308 ticks)."""
 """Budget for drawing and rendering one chart, whatever its data (a few hundred points)."""
 
 
@@ -234,7 +236,7 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
 def check_chart(chart: charts.Chart, given_series: list[charts.Series], elapsed: float) -> None:
-    assert elapsed < RENDER_SECONDS, f"drawing took {elapsed:.3f} s"
+    assert elapsed < RENDER_SECONDS, f"drawing took {elapsed:.3f} CPU s"
     total = sum(len(s.values) for s in given_series)
     assert chart.points + chart.skipped == total
     assert chart.skipped == sum(int((~np.isfinite(s.values)).sum()) for s in given_series)
@@ -265,10 +267,10 @@ def check_chart(chart: charts.Chart, given_series: list[charts.Series], elapsed:
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(series_strategy())
 def test_any_single_run_chart_is_bounded_and_correct(one: charts.Series) -> None:
-    started = time.perf_counter()
+    started = time.thread_time()
     chart = charts.line_chart("m", [one])
     text = render(chart)
-    check_chart(chart, [one], time.perf_counter() - started)
+    check_chart(chart, [one], time.thread_time() - started)
     if chart.skipped:
         assert "not drawn" in text, "skipped values are said on the chart"
     assert "nan" not in text.lower().replace("nan or infinite", ""), "no NaN leaks into the SVG"
@@ -282,10 +284,10 @@ def test_any_compare_chart_is_bounded_and_correct(many: list[charts.Series]) -> 
         charts.Series(f"run {i}", s.steps, s.timestamps, s.values, style)
         for i, (s, style) in enumerate(zip(many, charts.styles(len(many)), strict=True))
     ]
-    started = time.perf_counter()
+    started = time.thread_time()
     chart = charts.line_chart("m", styled)
     text = render(chart, legend=True)
-    check_chart(chart, styled, time.perf_counter() - started)
+    check_chart(chart, styled, time.thread_time() - started)
     assert text.count("<li>") == len(styled), "every run is in the legend"
 
 
@@ -294,9 +296,9 @@ def test_any_compare_chart_is_bounded_and_correct(many: list[charts.Series]) -> 
 def test_any_finite_interval_gets_few_round_covering_ticks(
     lo: float, hi: float, target: int, integer: bool
 ) -> None:
-    started = time.perf_counter()
+    started = time.thread_time()
     axis = charts.nice_ticks(lo, hi, target, integer=integer)
-    assert time.perf_counter() - started < 0.05
+    assert time.thread_time() - started < 0.5
     assert 2 <= len(axis.values) <= charts.MAX_TICKS
     assert len(axis.labels) == len(axis.values) and len(set(axis.labels)) == len(axis.labels)
     assert axis.values == sorted(axis.values) and all(math.isfinite(v) for v in axis.values)
