@@ -178,16 +178,10 @@ def _log_from_process(args: tuple[str, str, int]) -> str:
 
 def test_32_processes_each_log_20000_points_exactly_once(sdk, tracking_uri):
     experiment = unique("parallel")
-    # fork (Linux's default) from this multi-threaded process, as a training script's Pool does. The
-    # pool is closed and joined, so each worker exits on its own once its run has ended; `with Pool()`
-    # alone would SIGTERM idle workers at exit, which test_sdk_sigterm.py covers on its own.
-    pool = multiprocessing.get_context("fork").Pool(32)
-    try:
+    # fork (Linux's default) from this multi-threaded process, as a training script's Pool does; on
+    # exit the pool SIGTERMs its workers (test_sdk_sigterm.py has why that must not hang).
+    with multiprocessing.get_context("fork").Pool(32) as pool:
         run_ids = pool.map(_log_from_process, [(tracking_uri, experiment, 20_000)] * 32)
-        pool.close()
-        pool.join()
-    finally:
-        pool.terminate()
     assert len(set(run_ids)) == 32
     client = sdk.Client()
     for run_id in run_ids:

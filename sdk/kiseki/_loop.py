@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -14,8 +15,16 @@ T = TypeVar("T")
 class LoopThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="kiseki-io", daemon=True)
+        self.thread = threading.Thread(target=self._serve, name="kiseki-io", daemon=True)
         self.thread.start()
+
+    def _serve(self) -> None:
+        # Python runs signal handlers in the main thread only. A SIGTERM or SIGINT the kernel handed to
+        # this thread would wait, unhandled, while the main thread blocks in C — a multiprocessing Pool
+        # worker waiting for its next task never wakes, so `Pool.terminate()` hangs. Blocked here (and
+        # in the threads this loop starts, which inherit the mask), they always reach the main thread.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        self.loop.run_forever()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run `coro` on the loop and wait for its result from the calling (non-loop) thread."""

@@ -7,11 +7,19 @@ KILLED (spooling that status too when the server is away), then lets the process
 it calls the previous handler when that was a function, or restores the default action and raises the
 signal again, so the exit status still says "killed by SIGTERM". A process that ignored SIGTERM
 (SIG_IGN) keeps ignoring it: no handler is installed.
+
+Not in multiprocessing children (Pool and Process workers, forked or spawned) nor in forked copies of a
+process that had it: there SIGTERM keeps its default action. Python runs a signal handler only when the
+main thread next executes bytecode, and a signal that lands while a worker's main thread is entering its
+wait for the next task is never handled — `Pool.terminate()` (what `with Pool()` does on exit) then
+waits for that worker for ever. Workers' runs end (and are sent) when their function returns; the
+parent, the process a scheduler signals, flushes on SIGTERM as above.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import sys
@@ -32,6 +40,8 @@ _ready_checks: list[Callable[[], bool]] = []
 _previous: Any = None
 _installed = False
 _busy = False
+_disabled = False
+"""True in a forked child of a process that had the handler: it never installs one."""
 
 
 def on_sigterm(step: Step, *, ready: Callable[[], bool] | None = None) -> None:
@@ -54,8 +64,10 @@ def timeout() -> float:
 def install() -> None:
     """Install the handler (main thread only, once; not over SIG_IGN)."""
     global _previous, _installed
-    if _installed or threading.current_thread() is not threading.main_thread():
+    if _installed or _disabled or threading.current_thread() is not threading.main_thread():
         return
+    if multiprocessing.parent_process() is not None:
+        return  # a multiprocessing worker: see the module docstring
     current = signal.getsignal(signal.SIGTERM)
     if current == signal.SIG_IGN:
         return
@@ -75,13 +87,27 @@ def uninstall() -> None:
         _installed = False
 
 
+def _forget_after_fork() -> None:
+    """A forked child gets the parent's disposition back (the fork happened in the main thread when
+    the handler was ours to change) and never installs the handler itself."""
+    global _installed, _disabled
+    _disabled = True
+    if _installed and signal.getsignal(signal.SIGTERM) is _handle:
+        with contextlib.suppress(ValueError):  # forked from another thread: not ours to change
+            signal.signal(signal.SIGTERM, _previous if _previous is not None else signal.SIG_DFL)
+    _installed = False
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def _handle(signum: int, frame: FrameType | None) -> None:
     global _busy
     if _busy:
         return  # a second SIGTERM while the first is being handled
     if not all(ready() for ready in _ready_checks):
         # The signal interrupted the main thread inside the SDK's queue lock; handle it a moment later.
-        later = threading.Timer(0.005, os.kill, (os.getpid(), signum))
+        later = threading.Timer(0.005, _send_again, (signum,))
         later.daemon = True
         later.start()
         return
@@ -96,6 +122,12 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     finally:
         _busy = False
     _chain(signum, frame)
+
+
+def _send_again(signum: int) -> None:
+    # Blocked in this thread, the signal can only go to the main thread, where its handler runs.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+    os.kill(os.getpid(), signum)
 
 
 def _chain(signum: int, frame: FrameType | None) -> None:
