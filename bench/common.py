@@ -73,8 +73,8 @@ async def postgres_version(url: str) -> str:
 
 
 @contextlib.contextmanager
-def kiseki_server(database_url: str, *extra: str) -> Iterator[str]:
-    """A real `kiseki server` process on a free port; yields its base URL."""
+def kiseki_server(database_url: str, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real `kiseki server` process on a free port (`env`: more environment); yields its base URL."""
     port = free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below, after the process
     proc = subprocess.Popen(
@@ -91,6 +91,7 @@ def kiseki_server(database_url: str, *extra: str) -> Iterator[str]:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     try:

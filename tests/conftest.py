@@ -11,6 +11,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -20,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from kiseki_server import db
 from kiseki_server.app import create_app
 from kiseki_server.config import Settings
+from tests import chromium
 from tests.s3 import s3_bucket, s3_server  # noqa: F401
 
 TEMPLATE = "kiseki_test_template"
@@ -150,3 +152,22 @@ def tracking_uri(postgres_url: str, template_url: str) -> Iterator[str]:
     with kiseki_server("--database-url", database_url, "--data-dir", data_dir) as (url, _):
         yield url
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium for the run-browser tests, one per module."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright is not installed (pip install playwright)"
+    )
+    chromium.SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(chromium.CHROMIUM), args=chromium.FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def problems() -> list[str]:
+    """Errors the browser reported; a test may remove the ones it caused on purpose."""
+    return []

@@ -7,7 +7,6 @@ Screenshots of every page land in test-output/screenshots/ (git-ignored) for a h
 from __future__ import annotations
 
 import math
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,26 +18,14 @@ import pytest
 
 import kiseki
 from kiseki import fluent
+from tests.chromium import SCREENSHOTS, needs_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000100000001008020000009091683600000017494441547801"
     "63fccf8004c0a4c0c4a0a1fa0f29a30d18100e0b9ab48a34c1e10000000049454e44ae426082"
 )
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="no browser: /usr/bin/chromium is missing (apt-get install -y chromium)"
-)
+pytestmark = needs_chromium
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright is not installed (pip install playwright)"
 )
@@ -90,23 +77,6 @@ def seeded(tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     while kiseki.active_run():
         kiseki.end_run()
     fluent._experiment_id = None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if SCREENSHOTS.exists():
-        shutil.rmtree(SCREENSHOTS)
-    SCREENSHOTS.mkdir(parents=True)
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def problems() -> list[str]:
-    """Errors the browser reported; a test may remove the ones it caused on purpose."""
-    return []
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -38,6 +39,7 @@ import kiseki
 from kiseki.models import Metric
 from kiseki_server import db
 from kiseki_server.app import create_app
+from kiseki_server.auth import credentials
 from kiseki_server.config import Settings
 from kiseki_server.logs import log_handler
 from tests.conftest import create_database, free_port, with_database
@@ -52,11 +54,20 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+REQUIRED_ENV = {
+    "KISEKI_ADMIN_TOKEN": credentials.new_token(),
+    "KISEKI_AUTH_SECRET": secrets.token_urlsafe(32),
+}
+"""What a `.env` gives the compose file's required variables (`${NAME:?why}`)."""
+
+
 def interpolate(value: Any) -> Any:
-    """Compose's `${NAME:-default}` with nothing set: the default (what `docker compose up` uses)."""
+    """Compose's `${NAME:-default}` with nothing set: the default (what `docker compose up` uses); a
+    required `${NAME:?why}`: the value `.env` would give it."""
     if not isinstance(value, str):
         return value
-    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m[1], m[2]), value)
+    value = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m[1], m[2]), value)
+    return re.sub(r"\$\{(\w+):\?([^}]*)\}", lambda m: REQUIRED_ENV[m[1]], value)
 
 
 def s3_env(s3: S3Server, bucket: str) -> dict[str, str]:
@@ -138,6 +149,16 @@ def test_compose_runs_postgres_minio_migrations_and_the_service(compose: dict[st
     # Secrets come from the environment or .env: every password is a ${VAR:-local default}.
     for service, key in [("postgres", "POSTGRES_PASSWORD"), ("minio", "MINIO_ROOT_PASSWORD")]:
         assert str(services[service]["environment"][key]).startswith("${"), f"{service} {key} is hard-coded"
+    # Auth is on, and its secrets have no default at all: compose refuses to start without them in .env.
+    assert env["KISEKI_AUTH"] == "true"
+    for key in ("KISEKI_ADMIN_TOKEN", "KISEKI_AUTH_SECRET"):
+        raw = str(services["kiseki"]["environment"][key])
+        assert raw.startswith(f"${{{key}:?"), f"{key} must be a required variable, not {raw!r}"
+        assert env[key] == REQUIRED_ENV[key]
+    example = (ROOT / ".env.example").read_text()
+    for key in ("KISEKI_ADMIN_TOKEN", "KISEKI_AUTH_SECRET"):
+        assert re.search(rf"^{key}=$", example, re.M), f".env.example lists {key}, empty"
+    assert "kiseki tokens generate" in example
 
 
 def test_docker_compose_accepts_the_file() -> None:
@@ -151,6 +172,7 @@ def test_docker_compose_accepts_the_file() -> None:
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env={**os.environ, **REQUIRED_ENV},
     )
     assert result.returncode == 0, result.stderr
 
@@ -210,6 +232,17 @@ def test_kubernetes_manifests() -> None:
         assert refs == names, f"{c['name']} reads the ConfigMap and the Secret"
         env_names |= {e["name"] for e in c.get("env", [])}
     assert env_names <= SETTING_ENV_NAMES, f"unknown settings: {env_names - SETTING_ENV_NAMES}"
+
+    # Auth on, its two secrets by reference to a Secret the operator creates (never a shipped placeholder).
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KISEKI_AUTH"]["value"] == "true"
+    for name, key in [("KISEKI_ADMIN_TOKEN", "admin-token"), ("KISEKI_AUTH_SECRET", "auth-secret")]:
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "kiseki-auth", "key": key}, f"{name} comes from the kiseki-auth Secret"
+    assert "kiseki-auth" not in {s["metadata"]["name"] for s in by_kind["Secret"]}, "no shipped placeholder"
+    assert not {"KISEKI_ADMIN_TOKEN", "KISEKI_AUTH_SECRET"} & set(config["data"]), "secrets in a ConfigMap"
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    assert "kubectl create secret generic kiseki-auth" in readme, "deploy/README says how to create it"
 
 
 def test_dockerfile_is_multi_stage_slim_non_root_and_runs_kiseki_server() -> None:

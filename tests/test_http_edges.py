@@ -149,7 +149,10 @@ def test_expect_continue_over_the_limit_gets_413_instead_of_100(server: int) -> 
 
 
 def test_a_chunked_body_over_the_limit_is_still_cut_off(server: int) -> None:
-    head = b"POST /api/v1/experiments HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head = (
+        b"POST /api/v1/experiments HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
     chunk = b"x" * 65536
     with connect(server) as sock:
         sock.sendall(head)

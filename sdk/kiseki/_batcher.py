@@ -6,8 +6,10 @@ batches when enough points are queued (`max_batch_points`) or every `flush_inter
 applied once. Memory is bounded: past `max_pending_points` queued items, callers wait for sends to catch up.
 Input is checked and converted before it is queued (`kiseki._input`), so a bad call raises at once and
 never spoils a batch. When the retry budget runs out (or a send is cancelled on the way out of the
-process), the batches go to the spool (`kiseki._spool`) with their ids rather than being dropped. An error
-that cannot be retried is kept and raised by the next call for that run, or by `flush()`.
+process), the batches go to the spool (`kiseki._spool`) with their ids rather than being dropped; so do
+those the server refuses for the token's sake (401/403), since the data is not at fault: `kiseki sync`
+with a working token sends them later. That is logged once per client, and the error is raised like any
+other. An error that cannot be retried is kept and raised by the next call for that run, or by `flush()`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from kiseki import _input
 from kiseki._input import VALID_KEYS, check_key, to_int, to_timestamp, to_value
 from kiseki._spool import Spool, counts, describe
-from kiseki.errors import Conflict, KisekiError, ServerUnavailable
+from kiseki.errors import Conflict, KisekiError, PermissionDenied, ServerUnavailable, Unauthenticated
 
 SendBatch = Callable[[str, dict[str, Any]], Awaitable[None]]
 log = logging.getLogger("kiseki")
@@ -114,6 +116,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._send_lock: asyncio.Lock | None = None
         self._closing = False
+        self._told_refused = False
 
     # --- any thread ----------------------------------------------------------------------------------
 
@@ -324,15 +327,19 @@ class Batcher:
         run_id, buffer = send.run_id, send.buffer
         lost = 0
         first_error: KisekiError | None = None
+        refused: KisekiError | None = None
         bodies = buffer.bodies(self._max_batch)
         done = 0
         try:
-            unavailable: ServerUnavailable | None = None
+            unavailable: KisekiError | None = None
             for body, count in bodies:
                 try:
                     await self._send(run_id, body)
                 except ServerUnavailable as exc:
                     unavailable = exc  # the retry budget is spent: the rest would fail the same way
+                    break
+                except (Unauthenticated, PermissionDenied) as exc:
+                    unavailable = refused = exc  # the token, not the data: every batch would be refused
                     break
                 except Exception as exc:
                     # Refused (e.g. a changed param): only this batch is lost; the others still go.
@@ -342,10 +349,23 @@ class Batcher:
                     )
                 done += 1
             if unavailable is not None:
-                not_spooled = self._spool_rest(run_id, bodies[done:], unavailable)
+                quiet = refused is not None and self._told_refused
+                not_spooled = self._spool_rest(run_id, bodies[done:], unavailable, quiet=quiet)
                 if not_spooled is not None:
                     lost += sum(c for _, c in bodies[done:])
                     first_error = first_error or not_spooled
+                elif refused is not None:
+                    self._told_refused = True
+                    assert self._spool is not None
+                    totals = [sum(t) for t in zip(*(counts(b) for b, _ in bodies[done:]), strict=True)]
+                    refused.message = (
+                        f"{refused.message} ({describe(*totals)} of run {run_id} were saved to the spool at "
+                        f"{self._spool.folder}; once the token works, `kiseki sync` or the next flush of a "
+                        "client with it sends them)"
+                    )
+                    refused.args = (refused.message,)
+                    with self._lock:
+                        self._errors.setdefault(run_id, refused)
             else:
                 self.last_send_ok = True
         except asyncio.CancelledError:
@@ -364,9 +384,15 @@ class Batcher:
                 self._space.notify_all()
 
     def _spool_rest(
-        self, run_id: str, bodies: list[tuple[dict[str, Any], int]], cause: ServerUnavailable | None
+        self,
+        run_id: str,
+        bodies: list[tuple[dict[str, Any], int]],
+        cause: KisekiError | None,
+        *,
+        quiet: bool = False,
     ) -> KisekiError | None:
-        """Save unsent batches to the spool and say so; returns the error to keep when that failed."""
+        """Save unsent batches to the spool and say so (`quiet`: only on the debug log); returns the error
+        to keep when that failed."""
         if not bodies:
             return None
         self.last_send_ok = False
@@ -384,7 +410,7 @@ class Batcher:
             log.error("kiseki: %s", failed.message)
             return failed
         totals = [sum(t) for t in zip(*(counts(body) for body, _ in bodies), strict=True)]
-        log.warning(
+        (log.debug if quiet else log.warning)(
             "kiseki: %s. Saved %s of run %s to the spool at %s (%d files); they are sent by the next "
             "flush or exit of a client for this server, or with `kiseki sync`.",
             reason,

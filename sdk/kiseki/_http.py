@@ -2,7 +2,11 @@
 
 Retries happen on connection errors, timeouts, 5xx and 429 (honouring Retry-After), but only for requests
 that are safe to repeat: reads, idempotent writes (a batch carries its id; get-or-create, updates and
-deletes converge), and any request that never reached the server (connection refused).
+deletes converge), and any request that never reached the server (connection refused). A 401 or 403 is
+never retried: a token does not get better by waiting.
+
+The API token (`Authorization: Bearer`) goes on this transport's session only: presigned artifact URLs are
+fetched by separate sessions, so storage never sees it.
 """
 
 from __future__ import annotations
@@ -17,8 +21,15 @@ import aiohttp
 import pydantic_core
 
 from kiseki import __version__
-from kiseki.config import get_first_contact_timeout
-from kiseki.errors import KisekiError, NotKisekiServer, ServerUnavailable, error_for_status
+from kiseki.config import TOKEN_ENV, get_first_contact_timeout, get_tracking_token
+from kiseki.errors import (
+    KisekiError,
+    NotKisekiServer,
+    PermissionDenied,
+    ServerUnavailable,
+    Unauthenticated,
+    error_for_status,
+)
 
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
 log = logging.getLogger("kiseki")
@@ -39,8 +50,11 @@ class Transport:
         request_timeout: float = 120.0,
         backoff_base: float = 0.1,
         backoff_cap: float = 5.0,
+        token: str | None = None,
     ) -> None:
+        """`token`: the API token to send (None: `KISEKI_TRACKING_TOKEN`, if set; "": none)."""
         self.base_url = base_url.rstrip("/")
+        self._token = (get_tracking_token() if token is None else token.strip()) or None
         self.retry_timeout = retry_timeout
         self.first_contact_timeout = (
             get_first_contact_timeout() if first_contact_timeout is None else first_contact_timeout
@@ -56,9 +70,12 @@ class Transport:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            headers = {"User-Agent": f"kiseki-python/{__version__}"}
+            if self._token is not None:
+                headers["Authorization"] = f"Bearer {self._token}"
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
-                headers={"User-Agent": f"kiseki-python/{__version__}"},
+                headers=headers,
                 connector=aiohttp.TCPConnector(limit=64),
             )
         return self._session
@@ -99,7 +116,7 @@ class Transport:
                     self.answered = True
                     if r.status < 400:
                         return pydantic_core.from_json(raw) if raw else None
-                    error = self._not_kiseki(r.status, raw) or _error(r.status, raw)
+                    error = self._not_kiseki(r.status, raw) or self._explain(_error(r.status, raw))
                     if r.status not in _RETRY_STATUSES or not idempotent:
                         raise error
                     delay = _retry_after(r.headers.get("Retry-After"))
@@ -136,6 +153,31 @@ class Transport:
             f"no kiseki server answered at {self.base_url} ({detail}). Start one with `kiseki server`, "
             "or point the SDK elsewhere with kiseki.set_tracking_uri(...) or KISEKI_TRACKING_URI."
         )
+
+    def _explain(self, error: KisekiError) -> KisekiError:
+        """A refused credential, with what to change: the server's own words say only what is wrong."""
+        if isinstance(error, Unauthenticated):
+            if self._token is None:
+                error.message = (
+                    f"the kiseki server at {self.base_url} requires an API token ({error.message}). Set "
+                    f"{TOKEN_ENV} to a token (`kiseki tokens create`, or ask the server's admin), or pass "
+                    "token=... to Client/AsyncClient."
+                )
+            else:
+                error.message = (
+                    f"the kiseki server at {self.base_url} refused the API token: {error.message}. Set "
+                    f"{TOKEN_ENV} (or token=...) to a valid token; `kiseki tokens create` makes a new one."
+                )
+        elif isinstance(error, PermissionDenied):
+            error.message = (
+                f"the kiseki server at {self.base_url} refused this request: {error.message}. Logging needs "
+                f"a token with write scope in {TOKEN_ENV} (or token=...) and EDIT permission on the "
+                "experiment (granted by its managers or an admin)."
+            )
+        else:
+            return error
+        error.args = (error.message,)
+        return error
 
     def _not_kiseki(self, status: int, raw: bytes) -> NotKisekiServer | None:
         """A 404 for a route kiseki does not have: the URL points at something else (or at a path below

@@ -55,6 +55,10 @@ class AsyncClient:
     ~/.cache/kiseki/spool) and are sent by a later `flush()`/`close()` or `kiseki sync`. Everything else
     is one request. Until the server has answered once, requests give up after `first_contact_timeout`
     seconds (default `KISEKI_FIRST_CONTACT_TIMEOUT`, else 10), so a wrong URL fails fast.
+
+    `token`: the API token of a server with auth on, sent as `Authorization: Bearer` on every request to
+    it (default `KISEKI_TRACKING_TOKEN`). A refused token raises `Unauthenticated` / `PermissionDenied`;
+    queued batches it could not send are spooled, not dropped.
     """
 
     def __init__(
@@ -67,10 +71,14 @@ class AsyncClient:
         flush_interval: float = 1.0,
         max_pending_points: int = 1_000_000,
         spool_dir: str | Path | None = None,
+        token: str | None = None,
     ) -> None:
         self.tracking_uri = normalize_tracking_uri(tracking_uri) if tracking_uri else get_tracking_uri()
         self._http = Transport(
-            self.tracking_uri, retry_timeout=retry_timeout, first_contact_timeout=first_contact_timeout
+            self.tracking_uri,
+            retry_timeout=retry_timeout,
+            first_contact_timeout=first_contact_timeout,
+            token=token,
         )
         self._spool = Spool(self.tracking_uri, Path(spool_dir) if spool_dir is not None else None)
         self._batcher = Batcher(

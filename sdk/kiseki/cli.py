@@ -169,21 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     upgrade = db.add_subparsers(dest="db_command", required=True).add_parser(
         "upgrade", help="apply pending schema migrations (idempotent)"
     )
+    users = commands.add_parser("users", help="manage users (on the database, like db upgrade)")
+    tokens = commands.add_parser("tokens", help="manage API tokens (on the database, like db upgrade)")
     _client_commands(commands)
     try:
         from kiseki_server import cli as server_cli  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         server_cli = None  # type: ignore[assignment,unused-ignore]
     else:
+        from kiseki_server import cli_auth  # type: ignore[import-not-found,unused-ignore]
+
         server_cli.add_arguments(server, upgrade)
+        cli_auth.add_arguments(users, tokens)
     args = parser.parse_args(argv)
-    if args.command in ("server", "db"):
+    if args.command in ("server", "db", "users", "tokens"):
         if server_cli is None:
             print(
                 "kiseki: the service is not installed; in a clone of kiseki run: pip install '.[server]'",
                 file=sys.stderr,
             )
             return 2
+        if args.command in ("users", "tokens"):
+            return int(cli_auth.run(args))
         return int(server_cli.serve(args) if args.command == "server" else server_cli.upgrade(args))
     try:
         return int(args.action(args))

@@ -35,7 +35,8 @@ _open_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 class Client:
-    """Talks to a kiseki server (`tracking_uri`, default: the configured one; see `set_tracking_uri`)."""
+    """Talks to a kiseki server (`tracking_uri`, default: the configured one; see `set_tracking_uri`) with
+    the API token `token` (default `KISEKI_TRACKING_TOKEN`; see `AsyncClient`)."""
 
     def __init__(
         self,
@@ -47,6 +48,7 @@ class Client:
         flush_interval: float = 1.0,
         max_pending_points: int = 1_000_000,
         spool_dir: str | Path | None = None,
+        token: str | None = None,
     ) -> None:
         self._io = shared_loop()
         self._core = AsyncClient(
@@ -57,6 +59,7 @@ class Client:
             flush_interval=flush_interval,
             max_pending_points=max_pending_points,
             spool_dir=spool_dir,
+            token=token,
         )
         self.tracking_uri = self._core.tracking_uri
         self._batcher = self._core._batcher

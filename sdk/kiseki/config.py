@@ -1,4 +1,5 @@
-"""Where the SDK sends requests: `set_tracking_uri`, else `KISEKI_TRACKING_URI`, else the local default."""
+"""Where the SDK sends requests: `set_tracking_uri`, else `KISEKI_TRACKING_URI`, else the local default; and
+the API token it sends there: the client's `token=`, else `KISEKI_TRACKING_TOKEN`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ DEFAULT_FIRST_CONTACT_TIMEOUT = 10.0
 port should fail fast); once a server has answered, outages are ridden out for the full retry budget."""
 
 API_PATH = "/api/v1"
+TOKEN_ENV = "KISEKI_TRACKING_TOKEN"
 
 _tracking_uri: str | None = None
 _first_contact_timeout: float | None = None
@@ -64,3 +66,8 @@ def get_first_contact_timeout() -> float:
     if not seconds >= 0:
         raise ValueError(f"KISEKI_FIRST_CONTACT_TIMEOUT must be >= 0, got {value!r}")
     return seconds
+
+
+def get_tracking_token() -> str | None:
+    """`KISEKI_TRACKING_TOKEN`, or None: no credential, for a server with auth off."""
+    return os.environ.get(TOKEN_ENV, "").strip() or None

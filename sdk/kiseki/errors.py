@@ -41,6 +41,16 @@ class NotKisekiServer(KisekiError):
     """The tracking URI answers, but not as a kiseki server's base URL (an API route gave a plain 404)."""
 
 
+class Unauthenticated(KisekiError):
+    """The server wants a credential (401): none was sent, or the token is unknown, expired or revoked.
+    Never retried; the message names the fix (KISEKI_TRACKING_TOKEN, or the client's `token=`)."""
+
+
+class PermissionDenied(KisekiError):
+    """The credential works but may not do this (403): a read-scoped token writing, or no permission on
+    the experiment. Never retried; the message says what is missing."""
+
+
 class ServerUnavailable(KisekiError):
     """No tracking server answered (or it kept failing) within the retry budget."""
 
@@ -49,7 +59,11 @@ def error_for_status(
     status: int, message: str, *, code: str | None = None, field: str | None = None
 ) -> KisekiError:
     kind: type[KisekiError]
-    if status == 404:
+    if status == 401:
+        kind = Unauthenticated
+    elif status == 403:
+        kind = PermissionDenied
+    elif status == 404:
         kind = NotFound
     elif status == 409:
         kind = Conflict

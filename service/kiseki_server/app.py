@@ -11,16 +11,26 @@ from aiohttp import web
 from kiseki_server import db, limits, mlflow, openapi
 from kiseki_server.appkeys import ARTIFACTS, POOL, SETTINGS, STORES
 from kiseki_server.artifacts import open_artifact_store
+from kiseki_server.auth import middleware as auth
+from kiseki_server.auth.authorizer import Authorizer
+from kiseki_server.auth.bootstrap import bootstrap
 from kiseki_server.config import Settings
 from kiseki_server.errors import error_middleware
-from kiseki_server.handlers import artifacts, experiments, metrics, ops, runs, search
+from kiseki_server.handlers import admin, artifacts, experiments, metrics, ops, runs, search
 from kiseki_server.routing import Route
 from kiseki_server.serving import DRAIN, Drain
 from kiseki_server.stores import Stores
 from kiseki_server.telemetry import TELEMETRY, Telemetry, middleware
 from kiseki_server.web import setup as setup_run_browser
 
-ROUTES: list[Route] = [*experiments.ROUTES, *runs.ROUTES, *metrics.ROUTES, *search.ROUTES, *artifacts.ROUTES]
+ROUTES: list[Route] = [
+    *experiments.ROUTES,
+    *runs.ROUTES,
+    *metrics.ROUTES,
+    *search.ROUTES,
+    *artifacts.ROUTES,
+    *admin.ROUTES,
+]
 STREAMED = frozenset({artifacts.write_data, *mlflow.STREAMED})
 """Handlers that stream their body rather than read it whole: max_request_bytes does not apply."""
 LIMITED = frozenset({metrics.log_batch, *mlflow.LIMITED})
@@ -48,7 +58,16 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         retry_after=settings.retry_after_seconds,
     )
     app[POOL] = pool
-    app[STORES] = Stores.open(pool, artifact_root=settings.artifact_root)
+    stores = app[STORES] = Stores.open(pool, artifact_root=settings.artifact_root)
+    authorizer = app[auth.AUTHORIZER] = Authorizer(settings, stores.identities, stores.permissions)
+    await authorizer.start()
+    first_token = await bootstrap(settings, stores.identities, authorizer)
+    if first_token:
+        print(
+            "kiseki: auth is on and there were no users: created user 'admin' with this admin token "
+            f"(shown once; keep it):\n    {first_token}",
+            flush=True,
+        )
     yield
     await pool.close()
 
@@ -85,10 +104,14 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> web.App
         middlewares=[
             middleware(telemetry, drain, log_access=settings.access_log),
             error_middleware,
+            auth.guard(settings),
+            auth.authenticate,
             refuse_early,
         ],
     )
     app[SETTINGS] = settings
+    app[auth.ROUTE_ACCESS] = {}
+    app[auth.STREAMED_BODIES] = STREAMED
     app[TELEMETRY] = telemetry
     app[DRAIN] = drain
     app.cleanup_ctx.append(_database)
@@ -98,15 +121,16 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> web.App
     expect = limits.expect_handler(settings.max_request_bytes)
     for route in ROUTES:
         streamed = route.handler in STREAMED
-        app.router.add_route(
+        added = app.router.add_route(
             route.method, route.path, route.handler, expect_handler=None if streamed else expect
         )
+        auth.protect(app, added, route.access)
     spec = openapi.build(ROUTES)
 
     async def openapi_document(request: web.Request) -> web.Response:
         return web.json_response(spec)
 
-    app.router.add_get("/api/v1/openapi.json", openapi_document)
+    auth.protect(app, app.router.add_get("/api/v1/openapi.json", openapi_document), None)
     mlflow.add_routes(app)
     setup_run_browser(app)
     return app

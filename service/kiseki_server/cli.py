@@ -27,6 +27,8 @@ _SERVER_FLAGS: dict[str, dict[str, Any]] = {
     "log_format": {"choices": ("text", "json")},
     "access_log": {"action": "store_true", "default": None},
     "shutdown_timeout": {"type": float},
+    "auth": {"action": "store_true", "default": None},
+    "allow_anonymous": {"action": "store_true", "default": None},
 }
 _COMMON_FLAGS: dict[str, dict[str, Any]] = {"database_url": {}, "data_dir": {}, "log_level": {}}
 
@@ -105,11 +107,13 @@ def upgrade(args: argparse.Namespace) -> int:
 
 def _serve(settings: Settings) -> int:
     url = f"http://{settings.host}:{settings.port}"
+    startup.check_exposure(settings)
     startup.check_port(settings.host, settings.port)
     # Held until the process exits: a second server on the same embedded database is refused.
     lock = startup.lock_data_dir(settings.data_dir, url=url, exclusive=not settings.database_url)
     dsn, where = _database_url(settings)
     applied = asyncio.run(db.upgrade(dsn))
+    asyncio.run(startup.check_auth_secret(dsn, settings))
     settings = settings.model_copy(update={"database_url": dsn})
     print(f"kiseki: data folder {settings.data_dir.resolve()}", flush=True)
     print(

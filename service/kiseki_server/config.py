@@ -191,6 +191,57 @@ class Settings(BaseSettings):
         "local store's signed URLs. Unset: the scheme and Host of each request.",
     )
 
+    # --- access control (docs/auth.md, SECURITY.md) ---
+    auth: bool = Field(
+        default=False,
+        description="Require a valid identity (API token, HTTP Basic password, browser session) on every "
+        "route but /healthz and /readyz. Off: anyone who can reach the server may do anything, so off is "
+        "only allowed on a loopback address unless allow_anonymous is set.",
+    )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Serve with auth off on a non-loopback address anyway (a trusted network, or a proxy "
+        "in front that authenticates).",
+    )
+    auth_secret: SecretStr | None = Field(
+        default=None,
+        description="Key of the HMAC under which tokens and session ids are stored; the same on every "
+        "replica. Unset: a random key kept in the database (tokens then rest on their 256 bits alone).",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="An admin-scoped API token (from a secret) for the built-in 'admin' user, registered "
+        "at start-up: how containers bootstrap auth. Make one with `kiseki tokens generate`.",
+    )
+    default_permission: Literal["none", "read", "edit", "manage"] = Field(
+        default="read",
+        description="A user's permission on experiments where they have none of their own (MLflow's "
+        "default_permission); creators get manage on what they create.",
+    )
+    allowed_hosts: str | None = Field(
+        default=None,
+        description="Comma-separated host names the service answers to (Host header), against DNS "
+        "rebinding; '*' for any. Unset: loopback names on a loopback address (plus public_url's host), "
+        "any host otherwise.",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="With auth on, serve /metrics without a credential (for scrapers on a trusted network).",
+    )
+    session_hours: float = Field(
+        default=24 * 7, gt=0, description="Lifetime of a browser session after sign-in."
+    )
+    auth_cache_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Seconds a credential or permission lookup is reused: the longest a revocation takes "
+        "to reach every replica.",
+    )
+    auth_failure_limit: int = Field(
+        default=20, ge=1, description="Failed sign-ins or unknown credentials per client address per minute."
+    )
+
     @property
     def artifact_root(self) -> str:
         if self.default_artifact_root:

@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 ErrorPage = Callable[[web.Request, int, str], web.Response]
 ERROR_PAGE: web.AppKey[ErrorPage] = web.AppKey("error_page")
 """Renders (request, status, message) as an HTML page for paths outside /api/ (set by the run browser)."""
+ErrorShape = Callable[[int, str, str, dict[str, str] | None], web.Response]
+ERROR_SHAPES: web.AppKey[tuple[tuple[tuple[str, ...], ErrorShape], ...]] = web.AppKey("error_shapes")
+"""(path prefixes, renderer of (status, code, message, headers)) for APIs with an error body of their own:
+MLflow's routes answer `{"error_code", "message"}` even when a middleware refuses them (set by mlflow)."""
 
 
 class KisekiError(Exception):
@@ -38,9 +42,27 @@ class InvalidInput(KisekiError):
     code = "INVALID_PARAMETER_VALUE"
 
 
+class Unauthenticated(KisekiError):
+    """No credential, or one that is unknown, expired, revoked or of a disabled user."""
+
+    status = 401
+    code = "UNAUTHENTICATED"
+
+
 class Forbidden(KisekiError):
     status = 403
     code = "PERMISSION_DENIED"
+
+
+class UnsupportedMediaType(KisekiError):
+    status = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class TooManyRequests(KisekiError):
+    status = 429
+    code = "TOO_MANY_REQUESTS"
+    retry_after: int | None = 60
 
 
 class NotFound(KisekiError):
@@ -116,6 +138,9 @@ def _respond(
     *,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
+    for prefixes, shape in request.app.get(ERROR_SHAPES, ()):
+        if request.path.startswith(prefixes):
+            return shape(status, code, message, headers)
     page = request.app.get(ERROR_PAGE)
     if page is not None and not request.path.startswith("/api/"):
         response = page(request, status, message)
@@ -131,8 +156,10 @@ async def error_middleware(
     try:
         return await handler(request)
     except KisekiError as exc:
-        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-        return _respond(request, exc.status, exc.code, exc.message, exc.field, headers=retry)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+        if isinstance(exc, Unauthenticated):
+            headers["WWW-Authenticate"] = 'Bearer realm="kiseki"'
+        return _respond(request, exc.status, exc.code, exc.message, exc.field, headers=headers or None)
     except pydantic.ValidationError as exc:
         err = validation_error(exc)
         return _respond(request, err.status, err.code, err.message, err.field)

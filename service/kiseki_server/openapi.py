@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from kiseki import __version__
 from kiseki.models import NO_NUL_PATTERN, ErrorResponse
+from kiseki_server.auth.policy import Access
 from kiseki_server.routing import PATH_PARAMETERS, Route
 
 _TEXT = {"type": "string", "pattern": NO_NUL_PATTERN}
@@ -23,11 +24,15 @@ _TEXT = {"type": "string", "pattern": NO_NUL_PATTERN}
 
 _ERRORS = {
     "400": "Invalid input",
-    "403": "Refused signature (local artifact URLs)",
+    "401": "No valid credential (auth on)",
+    "403": "The credential's scope or the user's permission falls short (auth on), a refused signature "
+    "(local artifact URLs), or a host/origin this service does not serve",
     "404": "Not found",
     "409": "Conflict",
     "413": "Body too large",
+    "415": "A request body that is not JSON",
     "422": "Invalid field",
+    "429": "Too many failed sign-ins from this address",
     "503": "A backing service (Postgres, artifact storage) is unavailable",
 }
 
@@ -69,6 +74,7 @@ def build(routes: list[Route]) -> dict[str, Any]:
         )
         operation: dict[str, Any] = {
             "summary": route.summary,
+            **_access(route.access),
             "operationId": f"{route.handler.__module__.rsplit('.', 1)[-1]}_{route.handler.__name__}",
             "parameters": params,
             "responses": responses,
@@ -84,7 +90,36 @@ def build(routes: list[Route]) -> dict[str, Any]:
             "description": "Experiment tracking: experiments, runs, params, tags, metrics.",
         },
         "paths": paths,
-        "components": {"schemas": defs.get("$defs", {})},
+        "components": {"schemas": defs.get("$defs", {}), "securitySchemes": _SECURITY_SCHEMES},
+        "security": _ANY_CREDENTIAL,
+    }
+
+
+_SECURITY_SCHEMES = {
+    "token": {"type": "http", "scheme": "bearer", "description": "An API token (ksk_…)."},
+    "password": {"type": "http", "scheme": "basic", "description": "User name and password, or a token."},
+    "session": {"type": "apiKey", "in": "cookie", "name": "kiseki_session", "description": "Browser."},
+}
+_ANY_CREDENTIAL: list[dict[str, list[str]]] = [{"token": []}, {"password": []}, {"session": []}]
+
+
+def _access(access: Access | None) -> dict[str, Any]:
+    """What the route requires when auth is on, as `security` and the `x-kiseki-access` extension."""
+    if access is None:
+        return {
+            "security": [{}],
+            "description": "Open: no credential needed (the URL's signature is the credential).",
+            "x-kiseki-access": None,
+        }
+    return {
+        "security": _ANY_CREDENTIAL,
+        "description": access.describe(),
+        "x-kiseki-access": {
+            "scope": access.scope.label,
+            "permission": access.level.label if access.level is not None else None,
+            "experiment_from": access.target,
+            "admin_only": access.admin_only,
+        },
     }
 
 

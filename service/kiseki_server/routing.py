@@ -19,6 +19,8 @@ from kiseki.models import (
     RUN_ID_PATTERN,
     ViewType,
 )
+from kiseki_server.auth.models import NAME_PATTERN as USER_NAME_PATTERN
+from kiseki_server.auth.policy import Access
 from kiseki_server.pagination import TOKEN_PATTERN
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,6 +56,9 @@ class Route:
     response: type[pydantic.BaseModel] | None = None
     status: int = 200
     query: tuple[Query, ...] = field(default=())
+    access: Access | None = field(kw_only=True)
+    """What a caller needs when auth is on (None: open, e.g. signed data URLs); shown in the OpenAPI
+    document and enforced by auth.middleware."""
 
 
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
@@ -63,6 +68,8 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
         "pattern": RUN_ID_PATTERN,
         "description": "32 hex digits (the dashed UUID form is accepted too).",
     },
+    "user_name": {"type": "string", "pattern": USER_NAME_PATTERN, "description": "A user's name."},
+    "token_id": {"type": "string", "pattern": r"^[0-9]{1,18}$", "description": "Decimal token id."},
 }
 """The schema of each path parameter, by name: what parse_experiment_id / parse_run_id accept."""
 

@@ -14,12 +14,29 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
+from kiseki_server.auth.credentials import SecretMismatch
+from kiseki_server.auth.middleware import is_loopback
+from kiseki_server.config import Settings
+from kiseki_server.stores.identities import IdentityStore
+
 CONNECT_TIMEOUT_SECONDS = 10.0
 LOCK_FILE = "kiseki.lock"
 
 
 class StartupError(Exception):
     """The server cannot start for a reason the user can fix; the message says how."""
+
+
+def check_exposure(settings: Settings) -> None:
+    """Auth off means anyone who reaches the port may read, change and purge everything: fine on a
+    loopback address (like `mlflow ui`), refused on any other unless the operator says so."""
+    if settings.auth or settings.allow_anonymous or is_loopback(settings.host):
+        return
+    raise StartupError(
+        f"refusing to serve on {settings.host} with authentication off: anyone who can reach it could "
+        "read and delete every run. Turn it on with --auth (KISEKI_AUTH=true; see docs/auth.md), bind "
+        "127.0.0.1, or accept an open server with --allow-anonymous (KISEKI_ALLOW_ANONYMOUS=true)"
+    )
 
 
 def check_port(host: str, port: int) -> None:
@@ -100,6 +117,18 @@ def describe_url(dsn: str) -> str:
         return "the configured Postgres"
     database = parts.path.lstrip("/")
     return f"{where}/{database}" if database else where
+
+
+async def check_auth_secret(dsn: str, settings: Settings) -> None:
+    """A server whose KISEKI_AUTH_SECRET differs from the database's would refuse every stored token."""
+    secret = settings.auth_secret.get_secret_value().encode() if settings.auth_secret else None
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        await IdentityStore(pool).auth_key(secret)
+    except SecretMismatch as exc:
+        raise StartupError(str(exc)) from None
+    finally:
+        await pool.close()
 
 
 async def check_database(dsn: str) -> None:

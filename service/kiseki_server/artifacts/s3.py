@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,7 @@ import orjson
 from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.loaders import Loader, create_loader
 
 from kiseki.models import MAX_PARTS, ArtifactPurge, CompletedPart, FileInfo, UploadPart
 from kiseki_server.artifacts.paths import STAGING, location_under, parse_s3_uri
@@ -391,6 +393,14 @@ class S3ArtifactStore(ArtifactStore):
             params["UploadIdMarker"] = page["NextUploadIdMarker"]
 
 
+@functools.cache
+def _service_models() -> Loader:
+    """botocore's loader of its service-model JSON, shared by every store of the process: parsing the
+    models takes ~0.1 s per session, and the loader holds nothing but those immutable files (sessions,
+    which resolve credentials, stay one per store)."""
+    return create_loader()
+
+
 @contextlib.asynccontextmanager
 async def open_s3_store(settings: Settings, root_uri: str) -> AsyncIterator[S3ArtifactStore]:
     """The S3 store with its clients open for as long as the context lasts (no network call here)."""
@@ -414,6 +424,7 @@ async def open_s3_store(settings: Settings, root_uri: str) -> AsyncIterator[S3Ar
             "aws_secret_access_key": settings.s3_secret_access_key.get_secret_value(),
         }
     session = get_session()
+    session.register_component("data_loader", _service_models())
     endpoint = settings.s3_endpoint_url
     public = settings.s3_public_endpoint_url or endpoint
     async with contextlib.AsyncExitStack() as stack:

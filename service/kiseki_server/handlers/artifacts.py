@@ -32,6 +32,8 @@ from kiseki.models import (
 from kiseki_server.appkeys import ARTIFACTS, SETTINGS, STORES
 from kiseki_server.artifacts import LocalArtifactStore
 from kiseki_server.artifacts.paths import normalize
+from kiseki_server.auth.audit import audit
+from kiseki_server.auth.policy import EDIT_PATH, MANAGE_PATH, READ_PATH
 from kiseki_server.errors import InvalidInput, NotFound
 from kiseki_server.handlers.runs import run_id_of
 from kiseki_server.http_io import model_response, query_int, query_str, read_model
@@ -111,7 +113,10 @@ async def download(request: web.Request) -> web.Response:
 
 
 async def purge(request: web.Request) -> web.Response:
-    return model_response(await request.app[ARTIFACTS].purge(await _run(request)))
+    run = await _run(request)
+    purged = await request.app[ARTIFACTS].purge(run)
+    await audit(request, "artifacts.purge", "run", run.run_id, **purged.model_dump())
+    return model_response(purged)
 
 
 async def purge_experiment(request: web.Request) -> web.Response:
@@ -119,7 +124,10 @@ async def purge_experiment(request: web.Request) -> web.Response:
     stores = request.app[STORES]
     await stores.experiments.get(experiment_id)
     runs = await stores.runs.infos_for_experiment(experiment_id)
-    return model_response(await request.app[ARTIFACTS].purge_many(runs))
+    purged = await request.app[ARTIFACTS].purge_many(runs)
+    detail = purged.model_dump()
+    await audit(request, "artifacts.purge", "experiment", experiment_id, runs=len(runs), **detail)
+    return model_response(purged)
 
 
 # --- the local store's signed URLs ------------------------------------------------------------------
@@ -218,6 +226,7 @@ ROUTES = [
         "Upload URLs for files of a run: one PUT URL per file, or a multipart upload for large files",
         UploadRequest,
         UploadPlan,
+        access=EDIT_PATH,
     ),
     Route(
         "POST",
@@ -226,6 +235,7 @@ ROUTES = [
         "Fresh URLs for parts of an unfinished multipart upload",
         PartUrlsRequest,
         PartUrls,
+        access=EDIT_PATH,
     ),
     Route(
         "POST",
@@ -234,6 +244,7 @@ ROUTES = [
         "Finish a multipart upload from its parts' ETags",
         MultipartComplete,
         FileInfo,
+        access=EDIT_PATH,
     ),
     Route(
         "POST",
@@ -242,6 +253,7 @@ ROUTES = [
         "Abandon a multipart upload and drop its parts",
         MultipartAbort,
         MultipartAborted,
+        access=EDIT_PATH,
     ),
     Route(
         "GET",
@@ -250,6 +262,7 @@ ROUTES = [
         "One level of a run's artifact tree, like a directory listing",
         response=ArtifactList,
         query=(_PATH, *_PAGING),
+        access=READ_PATH,
     ),
     Route(
         "GET",
@@ -258,6 +271,7 @@ ROUTES = [
         "Download URLs: the file at path, or every file under the folder at path",
         response=DownloadList,
         query=(_PATH, *_PAGING),
+        access=READ_PATH,
     ),
     Route(
         "DELETE",
@@ -265,6 +279,7 @@ ROUTES = [
         purge,
         "Delete all of a run's artifacts from storage for good (deleting the run itself keeps them)",
         response=ArtifactPurge,
+        access=MANAGE_PATH,
     ),
     Route(
         "DELETE",
@@ -272,6 +287,7 @@ ROUTES = [
         purge_experiment,
         "Delete the artifacts of every run of an experiment for good (deleting it keeps them)",
         response=ArtifactPurge,
+        access=MANAGE_PATH,
     ),
     Route(
         "PUT",
@@ -279,6 +295,7 @@ ROUTES = [
         write_data,
         "Local store only: a signed upload URL (the body is the file or part; ETag header for parts)",
         query=_SIGNED_PUT,
+        access=None,
     ),
     Route(
         "GET",
@@ -286,5 +303,6 @@ ROUTES = [
         read_data,
         "Local store only: a signed download URL (the body is the file; Range requests work)",
         query=_SIGNED,
+        access=None,
     ),
 ]

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from kiseki.models import LogBatch, LogBatchResult, MetricHistory
 from kiseki_server.appkeys import STORES
+from kiseki_server.auth.policy import EDIT_PATH, READ_PATH
 from kiseki_server.handlers.runs import run_id_of
 from kiseki_server.http_io import model_response, query_int, query_str, read_model
 from kiseki_server.metric_codec import Float64Array, Int64Array, Points
@@ -138,6 +139,7 @@ ROUTES = [
         "Log params, tags and metric points in one all-or-nothing batch (idempotent by batch_id)",
         LogBatch,
         LogBatchResult,
+        access=EDIT_PATH,
     ),
     Route(
         "GET",
@@ -146,6 +148,7 @@ ROUTES = [
         "A metric's points in (step, timestamp, arrival) order, paged",
         response=MetricHistory,
         query=(_KEY, *paging(MAX_HISTORY_PAGE, default=DEFAULT_HISTORY_PAGE)),
+        access=READ_PATH,
     ),
     Route(
         "GET",
@@ -162,5 +165,6 @@ ROUTES = [
                 rules={"minimum": 10, "maximum": 100_000},
             ),
         ),
+        access=READ_PATH,
     ),
 ]

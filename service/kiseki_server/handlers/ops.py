@@ -17,6 +17,8 @@ import orjson
 from aiohttp import web
 
 from kiseki_server.appkeys import ARTIFACTS, POOL, SETTINGS
+from kiseki_server.auth.middleware import protect
+from kiseki_server.auth.policy import READ
 from kiseki_server.errors import KisekiError
 from kiseki_server.telemetry import TELEMETRY
 
@@ -70,6 +72,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    """The probes are always open; /metrics needs a read credential under auth unless metrics_public."""
+    protect(app, app.router.add_get("/healthz", healthz), None)
+    protect(app, app.router.add_get("/readyz", readyz), None)
+    metrics_access = None if app[SETTINGS].metrics_public else READ
+    protect(app, app.router.add_get("/metrics", metrics), metrics_access)

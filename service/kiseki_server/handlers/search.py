@@ -6,18 +6,27 @@ from aiohttp import web
 
 from kiseki.models import ExperimentList, ExperimentSearch, RunList, RunSearch
 from kiseki_server.appkeys import STORES
+from kiseki_server.auth.middleware import AUTHORIZER
+from kiseki_server.auth.policy import READ, READ_HANDLER, Level
 from kiseki_server.http_io import model_response, read_model
 from kiseki_server.routing import Route
 
 
 async def search_runs(request: web.Request) -> web.Response:
     body = await read_model(request, RunSearch)
-    return model_response(await request.app[STORES].search.search_runs(body))
+    authorizer = request.app[AUTHORIZER]
+    if body.experiment_ids is not None:
+        ids = [int(i) for i in body.experiment_ids]
+        await authorizer.require_experiments(request, ids, Level.READ)
+    return model_response(
+        await request.app[STORES].search.search_runs(body, reader=authorizer.reader(request))
+    )
 
 
 async def search_experiments(request: web.Request) -> web.Response:
     body = await read_model(request, ExperimentSearch)
-    return model_response(await request.app[STORES].search.search_experiments(body))
+    reader = request.app[AUTHORIZER].reader(request)
+    return model_response(await request.app[STORES].search.search_experiments(body, reader=reader))
 
 
 ROUTES = [
@@ -28,6 +37,7 @@ ROUTES = [
         "Search runs of one, several or all experiments with a filter and order_by, paged by keyset",
         RunSearch,
         RunList,
+        access=READ_HANDLER,
     ),
     Route(
         "POST",
@@ -36,5 +46,6 @@ ROUTES = [
         "Search experiments by name, attributes and tags with a filter, paged by keyset",
         ExperimentSearch,
         ExperimentList,
+        access=READ,
     ),
 ]

@@ -4,6 +4,10 @@ Runs show MLflow `artifact_uri = mlflow-artifacts:/<experiment>/<run>/artifacts`
 service's artifact root), so MLflow's client sends bytes here: a path under /mlflow-artifacts/artifacts/
 is that folder plus the file's path in the run. The run is looked up by the id in the folder and the
 path must lie in the run's own folder, so a request can never reach another run's files.
+
+With auth on, the permission is checked on that run's experiment, as MLflow's auth plugin does for its
+artifact proxy: listing and downloading need READ, uploads (multipart ones too) EDIT, and deleting
+MANAGE (MLflow's `validate_can_delete_experiment_artifact_proxy` asks for its "manage" action).
 """
 
 from __future__ import annotations
@@ -17,17 +21,21 @@ from kiseki.models import FileInfo, RunInfo
 from kiseki_server.appkeys import ARTIFACTS, SETTINGS, STORES
 from kiseki_server.artifacts import S3ArtifactStore
 from kiseki_server.artifacts.paths import normalize
+from kiseki_server.auth.authorizer import principal_of
+from kiseki_server.auth.middleware import AUTHORIZER
+from kiseki_server.auth.policy import EDIT_HANDLER, MANAGE_HANDLER, READ_HANDLER, Level
 from kiseki_server.errors import InvalidInput, NotFound
 from kiseki_server.mlflow import storage
-from kiseki_server.mlflow.errors import MlflowError, invalid, not_found
+from kiseki_server.mlflow.errors import MlflowError, MlflowRoute, invalid, not_found
 from kiseki_server.mlflow.wire import Lenient, message, public_uri, respond, run_id_of
 from kiseki_server.stores.runs import parse_run_id
 
 PAGE = 1000
 
 
-async def _resolve(request: web.Request, full: str) -> tuple[RunInfo, str]:
-    """The run owning artifact-root-relative `full` and the path inside the run's folder."""
+async def _resolve(request: web.Request, full: str, needed: Level) -> tuple[RunInfo, str]:
+    """The run owning artifact-root-relative `full` and the path inside the run's folder, once the
+    caller is known to hold `needed` on the run's experiment (403 otherwise)."""
     full = normalize(full, allow_root=True)
     parts = full.split("/")
     missing = not_found(f"no run's artifacts at '{full}'")
@@ -40,10 +48,13 @@ async def _resolve(request: web.Request, full: str) -> tuple[RunInfo, str]:
         raise missing from None
     folder = request.app[ARTIFACTS].locate(run).folder
     if full == folder:
-        return run, ""
-    if full.startswith(folder + "/"):
-        return run, full[len(folder) + 1 :]
-    raise missing
+        inside = ""
+    elif full.startswith(folder + "/"):
+        inside = full[len(folder) + 1 :]
+    else:
+        raise missing
+    await request.app[AUTHORIZER].require_experiment(request, int(run.experiment_id), needed)
+    return run, inside
 
 
 async def _listing(
@@ -69,13 +80,18 @@ def _entry(info: FileInfo, path: str) -> dict[str, Any]:
 
 
 async def list_proxied(request: web.Request) -> web.Response:
-    """GET /mlflow-artifacts/artifacts?path=: one level, basenames, the whole folder in one answer."""
+    """GET /mlflow-artifacts/artifacts?path=: one level, basenames, the whole folder in one answer.
+
+    A path in no run's folder lists as empty, as on MLflow's server; with auth on (for anyone but an
+    admin) it is a 404 instead, so that only a run the caller may read ever answers a 2xx."""
     full = request.query.get("path", "")
     if not full.strip("/"):
         return respond()
     try:
-        run, path = await _resolve(request, full.strip("/"))
+        run, path = await _resolve(request, full.strip("/"), Level.READ)
     except MlflowError:
+        if not principal_of(request).sees_everything:
+            raise
         return respond()
     files: list[dict[str, Any]] = []
     token: str | None = None
@@ -88,14 +104,14 @@ async def list_proxied(request: web.Request) -> web.Response:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    run, path = await _resolve(request, request.match_info["path"])
+    run, path = await _resolve(request, request.match_info["path"], Level.READ)
     if not path:
         raise invalid("the run's artifact folder is a folder; list it instead")
     return await storage.read(request.app[ARTIFACTS], run, path, request)
 
 
 async def upload(request: web.Request) -> web.Response:
-    run, path = await _resolve(request, request.match_info["path"])
+    run, path = await _resolve(request, request.match_info["path"], Level.EDIT)
     if not path:
         raise invalid("an upload must name a file inside the run's artifact folder")
     if run.lifecycle_stage != "active":
@@ -113,7 +129,7 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
-    run, path = await _resolve(request, request.match_info["path"])
+    run, path = await _resolve(request, request.match_info["path"], Level.MANAGE)
     await storage.delete(request.app[ARTIFACTS], run, path)
     return respond()
 
@@ -128,7 +144,9 @@ class ListArtifacts(Lenient):
 async def list_tracking(request: web.Request) -> web.Response:
     """GET /mlflow/artifacts/list: one level of a run's artifacts, paths relative to the run's root."""
     body = await message(request, ListArtifacts)
-    run = (await request.app[STORES].runs.get(run_id_of(body.run_id or body.run_uuid))).info
+    run_id = run_id_of(body.run_id or body.run_uuid)
+    await request.app[AUTHORIZER].require_run(request, run_id, Level.READ)
+    run = (await request.app[STORES].runs.get(run_id)).info
     path = normalize(body.path or "", allow_root=True)
     files, token = await _listing(request, run, path, body.page_token or None)
     answer: dict[str, Any] = {
@@ -168,7 +186,8 @@ def _s3(request: web.Request) -> S3ArtifactStore:
 
 
 async def _file(request: web.Request, name: str) -> tuple[RunInfo, str]:
-    run, folder = await _resolve(request, request.match_info["path"])
+    """The run and the file a multipart upload writes (EDIT needed)."""
+    run, folder = await _resolve(request, request.match_info["path"], Level.EDIT)
     base = name.replace("\\", "/").rsplit("/", 1)[-1]  # clients before MLflow 3.18 sent a local path
     if not base:
         raise invalid("path must name the file being uploaded")
@@ -206,16 +225,16 @@ async def mpu_abort(request: web.Request) -> web.Response:
     return respond()
 
 
-ROUTES = [
-    ("GET", "artifacts", list_proxied),
-    ("GET", "artifacts/{path:.+}", download),
-    ("PUT", "artifacts/{path:.+}", upload),
-    ("DELETE", "artifacts/{path:.+}", delete),
-    ("POST", "mpu/create/{path:.+}", mpu_create),
-    ("POST", "mpu/complete/{path:.+}", mpu_complete),
-    ("POST", "mpu/abort/{path:.+}", mpu_abort),
+ROUTES: list[MlflowRoute] = [
+    ("GET", "artifacts", list_proxied, READ_HANDLER),
+    ("GET", "artifacts/{path:.+}", download, READ_HANDLER),
+    ("PUT", "artifacts/{path:.+}", upload, EDIT_HANDLER),
+    ("DELETE", "artifacts/{path:.+}", delete, MANAGE_HANDLER),
+    ("POST", "mpu/create/{path:.+}", mpu_create, EDIT_HANDLER),
+    ("POST", "mpu/complete/{path:.+}", mpu_complete, EDIT_HANDLER),
+    ("POST", "mpu/abort/{path:.+}", mpu_abort, EDIT_HANDLER),
 ]
 """Under /api/2.0/mlflow-artifacts."""
 
-TRACKING_ROUTES = [("GET", "artifacts/list", list_tracking)]
+TRACKING_ROUTES: list[MlflowRoute] = [("GET", "artifacts/list", list_tracking, READ_HANDLER)]
 """Under /api/2.0/mlflow."""

@@ -11,7 +11,9 @@ from aiohttp import web
 
 from kiseki.models import MAX_KEY_LENGTH, MAX_TAG_VALUE_LENGTH
 from kiseki_server.appkeys import STORES
-from kiseki_server.mlflow.errors import invalid
+from kiseki_server.auth.middleware import AUTHORIZER
+from kiseki_server.auth.policy import EDIT_HANDLER, Level
+from kiseki_server.mlflow.errors import MlflowRoute, invalid
 from kiseki_server.mlflow.wire import KeyValue, Lenient, message, respond, run_id_of
 from kiseki_server.stores.datasets import RunInput
 
@@ -71,6 +73,7 @@ async def log_inputs(request: web.Request) -> web.Response:
                 tags={t.key: t.value for t in item.tags},
             )
         )
+    await request.app[AUTHORIZER].require_run(request, run_id, Level.EDIT)
     stores = request.app[STORES]
     run = await stores.runs.get(run_id)
     if run.info.lifecycle_stage != "active":
@@ -79,4 +82,4 @@ async def log_inputs(request: web.Request) -> web.Response:
     return respond()
 
 
-ROUTES = [("POST", "runs/log-inputs", log_inputs)]
+ROUTES: list[MlflowRoute] = [("POST", "runs/log-inputs", log_inputs, EDIT_HANDLER)]

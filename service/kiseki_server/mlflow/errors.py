@@ -3,7 +3,8 @@
 kiseki's stores raise `KisekiError`s; `mlflow_handler` translates them here, once, for every MLflow route,
 so the service's own error middleware (the `{"error": {...}}` shape of /api/v1) never sees them. MLflow's
 client reads `error_code`: e.g. `get_experiment_by_name` turns RESOURCE_DOES_NOT_EXIST into None, and it
-retries 429/5xx, so a client mistake must never be a 5xx.
+retries 429/5xx, so a client mistake must never be a 5xx. The service's error middleware answers in
+this shape too (`answer`) when a middleware refuses an MLflow request (401, 403, 415, 429, 503).
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ import orjson
 import pydantic
 from aiohttp import web
 
+from kiseki_server.auth.policy import Access
 from kiseki_server.errors import (
     Conflict,
-    Forbidden,
     InvalidInput,
     KisekiError,
     NotFound,
-    PayloadTooLarge,
-    ServiceUnavailable,
     Unprocessable,
     validation_error,
 )
@@ -31,6 +30,31 @@ from kiseki_server.errors import (
 log = logging.getLogger(__name__)
 
 MlflowHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MlflowRoute = tuple[str, str, MlflowHandler, Access]
+"""(method, path under the prefix, handler, what a caller needs when auth is on)."""
+
+PREFIXES = ("/api/2.0/mlflow", "/ajax-api/", "/api/3.0/mlflow")
+"""Paths whose errors are answered in MLflow's shape (the artifact routes share the first prefix)."""
+
+_CODES = {
+    "UNAUTHENTICATED": "UNAUTHENTICATED",
+    "PERMISSION_DENIED": "PERMISSION_DENIED",
+    "TOO_MANY_REQUESTS": "REQUEST_LIMIT_EXCEEDED",
+    "RESOURCE_DOES_NOT_EXIST": "RESOURCE_DOES_NOT_EXIST",
+    "SERVICE_UNAVAILABLE": "TEMPORARILY_UNAVAILABLE",
+    "NOT_FOUND": "ENDPOINT_NOT_FOUND",
+    "METHOD_NOT_ALLOWED": "ENDPOINT_NOT_FOUND",
+}
+"""kiseki's error codes → MLflow's (`mlflow.protos.databricks_pb2.ErrorCode`), where they differ in more
+than name; any other 4xx is INVALID_PARAMETER_VALUE (a 415 too, as MLflow's own content-type check
+answers), any other 5xx INTERNAL_ERROR."""
+
+
+def mlflow_code(status: int, code: str) -> str:
+    found = _CODES.get(code)
+    if found is not None:
+        return found
+    return "INVALID_PARAMETER_VALUE" if status < 500 else "INTERNAL_ERROR"
 
 
 class MlflowError(Exception):
@@ -51,12 +75,20 @@ def not_found(message: str) -> MlflowError:
     return MlflowError("RESOURCE_DOES_NOT_EXIST", message, 404)
 
 
-def error_body(code: str, message: str, status: int) -> web.Response:
+def error_body(
+    code: str, message: str, status: int, *, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=orjson.dumps({"error_code": code, "message": message}),
         status=status,
         content_type="application/json",
+        headers=headers,
     )
+
+
+def answer(status: int, code: str, message: str, headers: dict[str, str] | None) -> web.Response:
+    """An error the service's middleware raised (kiseki's `code`) in MLflow's shape, headers kept."""
+    return error_body(mlflow_code(status, code), message, status, headers=headers)
 
 
 def translate(exc: KisekiError) -> MlflowError:
@@ -73,13 +105,7 @@ def translate(exc: KisekiError) -> MlflowError:
         return invalid(exc.message)
     if isinstance(exc, (InvalidInput, Unprocessable)):
         return invalid(exc.message)
-    if isinstance(exc, Forbidden):
-        return MlflowError("PERMISSION_DENIED", exc.message, 403)
-    if isinstance(exc, PayloadTooLarge):
-        return MlflowError("INVALID_PARAMETER_VALUE", exc.message, 413)
-    if isinstance(exc, ServiceUnavailable):
-        return MlflowError("TEMPORARILY_UNAVAILABLE", exc.message, 503)
-    return MlflowError("INTERNAL_ERROR", exc.message, exc.status if exc.status >= 500 else 500)
+    return MlflowError(mlflow_code(exc.status, exc.code), exc.message, exc.status)
 
 
 def mlflow_handler(handler: MlflowHandler) -> MlflowHandler:
@@ -93,7 +119,8 @@ def mlflow_handler(handler: MlflowHandler) -> MlflowHandler:
             return error_body(exc.code, exc.message, exc.status)
         except KisekiError as exc:
             err = translate(exc)
-            return error_body(err.code, err.message, err.status)
+            retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+            return error_body(err.code, err.message, err.status, headers=retry)
         except pydantic.ValidationError as exc:
             return error_body("INVALID_PARAMETER_VALUE", validation_error(exc).message, 400)
         except web.HTTPException as exc:

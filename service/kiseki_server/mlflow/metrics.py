@@ -13,7 +13,9 @@ import orjson
 from aiohttp import web
 
 from kiseki_server.appkeys import STORES
-from kiseki_server.mlflow.errors import invalid
+from kiseki_server.auth.middleware import AUTHORIZER
+from kiseki_server.auth.policy import READ_HANDLER, Level
+from kiseki_server.mlflow.errors import MlflowRoute, invalid
 from kiseki_server.mlflow.wire import Lenient, message, run_id_of
 
 MAX_PAGE = 1_000_000
@@ -45,6 +47,7 @@ async def get_history(request: web.Request) -> web.Response:
         raise invalid("Missing value for required parameter 'metric_key'")
     if body.max_results is not None and not 1 <= body.max_results <= MAX_PAGE:
         raise invalid(f"max_results must be between 1 and {MAX_PAGE}, got {body.max_results}")
+    await request.app[AUTHORIZER].require_run(request, run_id, Level.READ)
     stores = request.app[STORES]
     page = await stores.metrics.history(
         run_id, body.metric_key, max_results=body.max_results or _WHOLE, page_token=body.page_token or None
@@ -67,4 +70,4 @@ async def get_history(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
 
-ROUTES = [("GET", "metrics/get-history", get_history)]
+ROUTES: list[MlflowRoute] = [("GET", "metrics/get-history", get_history, READ_HANDLER)]

@@ -3,6 +3,10 @@
 MLflow's system tags that kiseki keeps in columns are translated both ways: `mlflow.runName` is the run
 name and `mlflow.parentRunId` (at creation) the parent run; they are shown as tags again on the way out.
 Every logging call, one point or a thousand, is one kiseki batch: all-or-nothing, one transaction.
+
+With auth on (MLflow's auth plugin's model): reading a run needs READ on its experiment, creating a run,
+updating and logging EDIT, deleting and restoring MANAGE; a search checks READ on every experiment it
+names and returns only runs of experiments the caller may read.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from aiohttp import web
 
 from kiseki.models import LogBatch, RunCreate, RunList, RunSearch, RunStatus, RunUpdate
 from kiseki_server.appkeys import ARTIFACTS, STORES
-from kiseki_server.mlflow.errors import invalid
+from kiseki_server.auth.audit import audit
+from kiseki_server.auth.middleware import AUTHORIZER
+from kiseki_server.auth.policy import EDIT_HANDLER, MANAGE_HANDLER, READ_HANDLER, Level
+from kiseki_server.mlflow.errors import MlflowRoute, invalid
 from kiseki_server.mlflow.experiments import view_type
 from kiseki_server.mlflow.filters import translate_filter, translate_order_by
 from kiseki_server.mlflow.wire import (
@@ -44,6 +51,12 @@ class ById(Lenient):
 
     def id(self) -> str:
         return run_id_of(self.run_id or self.run_uuid)
+
+    async def allowed(self, request: web.Request, needed: Level) -> str:
+        """The run's id, once the caller is known to hold `needed` on the run's experiment."""
+        run_id = self.id()
+        await request.app[AUTHORIZER].require_run(request, run_id, needed)
+        return run_id
 
 
 class Create(Lenient):
@@ -99,6 +112,7 @@ async def create(request: web.Request) -> web.Response:
     body = await message(request, Create)
     stores = request.app[STORES]
     experiment_id = await experiment_id_of(stores, body.experiment_id)
+    await request.app[AUTHORIZER].require_experiment(request, experiment_id, Level.EDIT)
     tags = {t.key: t.value for t in body.tags}
     name = body.run_name or tags.get(RUN_NAME_TAG) or None
     tags.pop(RUN_NAME_TAG, None)
@@ -120,7 +134,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def get(request: web.Request) -> web.Response:
-    run_id = (await message(request, ById)).id()
+    run_id = await (await message(request, ById)).allowed(request, Level.READ)
     return respond({"run": await _run_answer(request, run_id)})
 
 
@@ -133,18 +147,23 @@ async def update(request: web.Request) -> web.Response:
         except ValueError:
             raise invalid(f"Invalid run status {body.status!r}") from None
     run = await request.app[STORES].runs.update(
-        body.id(), RunUpdate(status=status, end_time=body.end_time, run_name=body.run_name or None)
+        await body.allowed(request, Level.EDIT),
+        RunUpdate(status=status, end_time=body.end_time, run_name=body.run_name or None),
     )
     return respond({"run_info": info_json(run.info, run_tags(run), request.app[ARTIFACTS])})
 
 
 async def delete(request: web.Request) -> web.Response:
-    await request.app[STORES].runs.set_lifecycle((await message(request, ById)).id(), "deleted")
+    run_id = await (await message(request, ById)).allowed(request, Level.MANAGE)
+    run = await request.app[STORES].runs.set_lifecycle(run_id, "deleted")
+    await audit(request, "run.delete", "run", run_id, experiment_id=run.info.experiment_id)
     return respond()
 
 
 async def restore(request: web.Request) -> web.Response:
-    await request.app[STORES].runs.set_lifecycle((await message(request, ById)).id(), "active")
+    run_id = await (await message(request, ById)).allowed(request, Level.MANAGE)
+    run = await request.app[STORES].runs.set_lifecycle(run_id, "active")
+    await audit(request, "run.restore", "run", run_id, experiment_id=run.info.experiment_id)
     return respond()
 
 
@@ -159,7 +178,9 @@ async def log_metric(request: web.Request) -> web.Response:
     if not body.key:
         raise invalid("Missing value for required parameter 'key'")
     point = {"key": body.key, "value": body.value, "step": body.step, "timestamp": body.timestamp}
-    await _log(request, body.id(), LogBatch.model_validate({"metrics": [point]}))
+    await _log(
+        request, await body.allowed(request, Level.EDIT), LogBatch.model_validate({"metrics": [point]})
+    )
     return respond()
 
 
@@ -168,7 +189,9 @@ async def log_param(request: web.Request) -> web.Response:
     if not body.key:
         raise invalid("Missing value for required parameter 'key'")
     await _log(
-        request, body.id(), LogBatch.model_validate({"params": [{"key": body.key, "value": body.value}]})
+        request,
+        await body.allowed(request, Level.EDIT),
+        LogBatch.model_validate({"params": [{"key": body.key, "value": body.value}]}),
     )
     return respond()
 
@@ -194,7 +217,7 @@ async def set_tag(request: web.Request) -> web.Response:
     body = await message(request, Tag)
     if not body.key:
         raise invalid("Missing value for required parameter 'key'")
-    run_id = body.id()
+    run_id = await body.allowed(request, Level.EDIT)
     rows, name = _tag_rows([KeyValue(key=body.key, value=body.value)])
     if rows:
         await _log(request, run_id, LogBatch.model_validate({"tags": rows}))
@@ -206,13 +229,13 @@ async def delete_tag(request: web.Request) -> web.Response:
     body = await message(request, Tag)
     if not body.key:
         raise invalid("Missing value for required parameter 'key'")
-    await request.app[STORES].runs.delete_tag(body.id(), body.key)
+    await request.app[STORES].runs.delete_tag(await body.allowed(request, Level.EDIT), body.key)
     return respond()
 
 
 async def log_batch(request: web.Request) -> web.Response:
     body = await message(request, Batch)
-    run_id = body.id()
+    run_id = await body.allowed(request, Level.EDIT)
     params = [{"key": p.key, "value": p.value} for p in body.params]
     tags, name = _tag_rows(body.tags)
     # MLflow's metric rows are kiseki's row form (extra fields such as model_id are ignored).
@@ -230,7 +253,7 @@ async def log_model(request: web.Request) -> web.Response:
     """MLflow 2.x's record of a logged model: appended to the run's `mlflow.log-model.history` tag (a
     JSON list), as MLflow's own server keeps it. (3.x logs models as LoggedModels, which kiseki lacks.)"""
     body = await message(request, LogModel)
-    run_id = body.id()
+    run_id = await body.allowed(request, Level.EDIT)
     try:
         model = orjson.loads(body.model_json)
     except orjson.JSONDecodeError:
@@ -246,7 +269,10 @@ async def log_model(request: web.Request) -> web.Response:
 async def search(request: web.Request) -> web.Response:
     body = await message(request, Search)
     stores = request.app[STORES]
-    ids = [str(await experiment_id_of(stores, e, field="experiment_ids")) for e in body.experiment_ids]
+    authorizer = request.app[AUTHORIZER]
+    named = [await experiment_id_of(stores, e, field="experiment_ids") for e in body.experiment_ids]
+    await authorizer.require_experiments(request, named, Level.READ)
+    ids = [str(e) for e in named]
     found: RunList = await stores.search.search_runs(
         RunSearch(
             experiment_ids=ids or None,
@@ -255,7 +281,8 @@ async def search(request: web.Request) -> web.Response:
             max_results=body.max_results,
             page_token=body.page_token or None,
             view_type=view_type(body.run_view_type),
-        )
+        ),
+        reader=authorizer.reader(request),
     )
     run_ids = [r.info.run_id for r in found.runs]
     metrics = await request.app[STORES].metrics.latest_of_runs(run_ids)
@@ -269,17 +296,17 @@ async def search(request: web.Request) -> web.Response:
     return respond(answer)
 
 
-ROUTES = [
-    ("POST", "runs/create", create),
-    ("GET", "runs/get", get),
-    ("POST", "runs/update", update),
-    ("POST", "runs/delete", delete),
-    ("POST", "runs/restore", restore),
-    ("POST", "runs/search", search),
-    ("POST", "runs/log-metric", log_metric),
-    ("POST", "runs/log-parameter", log_param),
-    ("POST", "runs/set-tag", set_tag),
-    ("POST", "runs/delete-tag", delete_tag),
-    ("POST", "runs/log-batch", log_batch),
-    ("POST", "runs/log-model", log_model),
+ROUTES: list[MlflowRoute] = [
+    ("POST", "runs/create", create, EDIT_HANDLER),
+    ("GET", "runs/get", get, READ_HANDLER),
+    ("POST", "runs/update", update, EDIT_HANDLER),
+    ("POST", "runs/delete", delete, MANAGE_HANDLER),
+    ("POST", "runs/restore", restore, MANAGE_HANDLER),
+    ("POST", "runs/search", search, READ_HANDLER),
+    ("POST", "runs/log-metric", log_metric, EDIT_HANDLER),
+    ("POST", "runs/log-parameter", log_param, EDIT_HANDLER),
+    ("POST", "runs/set-tag", set_tag, EDIT_HANDLER),
+    ("POST", "runs/delete-tag", delete_tag, EDIT_HANDLER),
+    ("POST", "runs/log-batch", log_batch, EDIT_HANDLER),
+    ("POST", "runs/log-model", log_model, EDIT_HANDLER),
 ]

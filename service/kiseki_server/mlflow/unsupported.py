@@ -11,7 +11,8 @@ from aiohttp import web
 
 from kiseki_server.appkeys import ARTIFACTS
 from kiseki_server.artifacts import S3ArtifactStore
-from kiseki_server.mlflow.errors import error_body
+from kiseki_server.auth.policy import READ
+from kiseki_server.mlflow.errors import MlflowRoute, error_body
 from kiseki_server.mlflow.wire import respond
 
 _FEATURES = (
@@ -69,4 +70,4 @@ async def search_logged_models(request: web.Request) -> web.Response:
     return respond({"models": []})
 
 
-ROUTES = [("POST", "logged-models/search", search_logged_models)]
+ROUTES: list[MlflowRoute] = [("POST", "logged-models/search", search_logged_models, READ)]

@@ -2,6 +2,8 @@
 
 Each is one set-based statement whose cost is bounded by what a page shows, not by how many runs an
 experiment holds (except the run counts of `experiment_summaries`, one index range per experiment).
+Queries that can reach beyond the experiment a page is about take `reader`: what that user may not read
+is left out (None: everything).
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from typing import Literal
 import asyncpg
 
 from kiseki.models import Run, ViewType
+from kiseki_server.auth.policy import Reader
 from kiseki_server.errors import NotFound
+from kiseki_server.search.compiler import Params
 from kiseki_server.stores.experiments import lifecycles
+from kiseki_server.stores.permissions import readable_experiments
 from kiseki_server.stores.runs import RUN_COLUMNS, run_from_row
 
 KEY_SAMPLE = 1000
@@ -66,7 +71,7 @@ CROSS JOIN LATERAL (
            max(r.start_time) AS last_start, max(r.end_time) AS last_end
     FROM runs r WHERE r.experiment_id = e.experiment_id
 ) s
-WHERE e.experiment_id = ANY($1::bigint[])
+WHERE e.experiment_id = ANY($1::bigint[]) AND {readable}
 """
 
 _COMMON_KEYS = """
@@ -85,10 +90,12 @@ UNION ALL
 
 _REF = "run_id, run_name, status, start_time, end_time, lifecycle_stage"
 _FAMILY = f"""
-(SELECT 'parent' AS relation, {_REF} FROM runs WHERE run_id = $2)
+(SELECT 'parent' AS relation, {_REF} FROM runs WHERE run_id = $2 AND {{readable}})
 UNION ALL
-(SELECT 'child', {_REF} FROM runs WHERE parent_run_id = $1 ORDER BY start_time DESC, run_id DESC LIMIT $3)
+(SELECT 'child', {_REF} FROM runs WHERE parent_run_id = $1 AND {{readable}}
+ ORDER BY start_time DESC, run_id DESC LIMIT $3)
 """
+"""A parent or child run may sit in another experiment (MLflow's parentRunId tag can name any run)."""
 
 
 def _ref(row: asyncpg.Record) -> RunRef:
@@ -106,11 +113,16 @@ class BrowseStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def experiment_summaries(self, experiment_ids: Sequence[int]) -> dict[int, ExperimentSummary]:
-        """Run counts and last activity of each experiment (ids that do not exist are left out)."""
+    async def experiment_summaries(
+        self, experiment_ids: Sequence[int], *, reader: Reader | None = None
+    ) -> dict[int, ExperimentSummary]:
+        """Run counts and last activity of each experiment (ids that do not exist, or that `reader` may
+        not read, are left out)."""
         if not experiment_ids:
             return {}
-        rows = await self._pool.fetch(_SUMMARIES, list(experiment_ids))
+        params = Params([list(experiment_ids)])
+        sql = _SUMMARIES.format(readable=readable_experiments("e.experiment_id", reader, params))
+        rows = await self._pool.fetch(sql, *params.values)
         return {
             r["experiment_id"]: ExperimentSummary(r["active_runs"], r["deleted_runs"], r["last_activity"])
             for r in rows
@@ -129,10 +141,14 @@ class BrowseStore:
         rows = await self._pool.fetch(_COMMON_KEYS, experiment_id, lifecycles(view_type), sample, limit)
         return [KeyCount(r["kind"], r["key"], r["runs"]) for r in rows]
 
-    async def runs(self, run_ids: Sequence[str]) -> list[Run]:
-        """The runs with these (canonical 32-hex) ids, in the order asked; 404 naming the first missing."""
+    async def runs(self, run_ids: Sequence[str], *, reader: Reader | None = None) -> list[Run]:
+        """The runs with these (canonical 32-hex) ids, in the order asked; 404 naming the first missing
+        (a run `reader` may not read counts as missing)."""
+        params = Params([list(run_ids)])
+        readable = readable_experiments("r.experiment_id", reader, params)
         rows = await self._pool.fetch(
-            f"SELECT {RUN_COLUMNS} FROM runs r WHERE r.run_id = ANY($1::uuid[])", list(run_ids)
+            f"SELECT {RUN_COLUMNS} FROM runs r WHERE r.run_id = ANY($1::uuid[]) AND {readable}",
+            *params.values,
         )
         found = {row["run_id"]: run_from_row(row) for row in rows}
         for run_id in run_ids:
@@ -140,9 +156,19 @@ class BrowseStore:
                 raise NotFound(f"run {run_id} not found", field="runs")
         return [found[run_id] for run_id in run_ids]
 
-    async def family(self, run_id: str, parent_run_id: str | None, *, max_children: int = 100) -> Family:
-        """A run's parent (when it has one) and its newest `max_children` child runs."""
-        rows = await self._pool.fetch(_FAMILY, run_id, parent_run_id, max_children + 1)
+    async def family(
+        self,
+        run_id: str,
+        parent_run_id: str | None,
+        *,
+        max_children: int = 100,
+        reader: Reader | None = None,
+    ) -> Family:
+        """A run's parent (when it has one) and its newest `max_children` child runs, of those `reader`
+        may read."""
+        params = Params([run_id, parent_run_id, max_children + 1])
+        readable = readable_experiments("experiment_id", reader, params)
+        rows = await self._pool.fetch(_FAMILY.format(readable=readable), *params.values)
         parent = next((_ref(r) for r in rows if r["relation"] == "parent"), None)
         children = [_ref(r) for r in rows if r["relation"] == "child"]
         return Family(parent, children[:max_children], len(children) > max_children)

@@ -8,9 +8,12 @@ import asyncpg
 
 from kiseki.models import Experiment, ExperimentList, ViewType
 from kiseki_server.artifacts.paths import location_under
+from kiseki_server.auth.policy import Reader
 from kiseki_server.clock import now_ms
 from kiseki_server.errors import Conflict, InvalidInput, NotFound
 from kiseki_server.pagination import decode_token, encode_token
+from kiseki_server.search.compiler import Params
+from kiseki_server.stores.permissions import readable_experiments
 
 EXPERIMENT_COLUMNS = """
     e.experiment_id, e.name, e.artifact_location, e.lifecycle_stage, e.creation_time, e.last_update_time,
@@ -160,22 +163,24 @@ class ExperimentStore:
         name_like: str | None = None,
         max_results: int = 1000,
         page_token: str | None = None,
+        reader: Reader | None = None,
     ) -> ExperimentList:
-        """Newest first; `name_like` is a case-insensitive SQL LIKE pattern (`%` any text, `_` one char)."""
+        """Newest first, of those `reader` may read (all when None); `name_like` is a case-insensitive
+        SQL LIKE pattern (`%` any text, `_` one char)."""
         after = decode_token(page_token, int)[0] if page_token else None
+        params = Params([lifecycles(view_type), name_like, after, max_results + 1])
+        readable = readable_experiments("e.experiment_id", reader, params)
         rows = await self._pool.fetch(
             f"""
             SELECT {EXPERIMENT_COLUMNS} FROM experiments e
             WHERE e.lifecycle_stage = ANY($1::text[])
               AND ($2::text IS NULL OR e.name ILIKE $2)
               AND ($3::bigint IS NULL OR e.experiment_id < $3)
+              AND {readable}
             ORDER BY e.experiment_id DESC
             LIMIT $4
             """,
-            lifecycles(view_type),
-            name_like,
-            after,
-            max_results + 1,
+            *params.values,
         )
         experiments = [experiment_from_row(r) for r in rows[:max_results]]
         token = encode_token(int(experiments[-1].experiment_id)) if len(rows) > max_results else None

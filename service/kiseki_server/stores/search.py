@@ -15,6 +15,7 @@ import asyncpg
 import orjson
 
 from kiseki.models import Experiment, ExperimentList, ExperimentSearch, Run, RunList, RunSearch, ViewType
+from kiseki_server.auth.policy import Reader
 from kiseki_server.errors import InvalidInput, NotFound
 from kiseki_server.pagination import decode_token, encode_token
 from kiseki_server.search import ordering
@@ -22,6 +23,7 @@ from kiseki_server.search.ast import Expr, Identifier, OrderKey
 from kiseki_server.search.compiler import EXPERIMENTS, RUNS, Entity, Params, compile_filter
 from kiseki_server.search.parser import parse_filter, parse_order_by
 from kiseki_server.stores.experiments import EXPERIMENT_COLUMNS, experiment_from_row, lifecycles
+from kiseki_server.stores.permissions import readable_experiments
 from kiseki_server.stores.runs import RUN_COLUMNS, run_from_row
 
 _ACTIVE_EXPERIMENTS = (
@@ -53,6 +55,11 @@ class _Search:
     where: Expr | None
     keys: list[ordering.SortKey]
     fingerprint: str
+
+
+def _whose(reader: Reader | None) -> int | None:
+    """Page tokens are tied to the caller too: one user's token is not another's page."""
+    return None if reader is None else reader.user_id
 
 
 def _fingerprint(*parts: object) -> str:
@@ -132,8 +139,15 @@ class SearchStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def search_runs(self, request: RunSearch, *, explain: list[Explained] | None = None) -> RunList:
-        """Runs in `request.experiment_ids` (every active experiment when omitted) matching the filter.
+    async def search_runs(
+        self,
+        request: RunSearch,
+        *,
+        reader: Reader | None = None,
+        explain: list[Explained] | None = None,
+    ) -> RunList:
+        """Runs in `request.experiment_ids` (every active experiment when omitted) matching the filter,
+        within the experiments `reader` may read (all when None).
 
         With `explain`, each statement run is appended to it with its EXPLAIN ANALYZE plan (for
         benchmarks and for finding out why a search is slow).
@@ -143,10 +157,14 @@ class SearchStore:
 
         def scope(params: Params) -> str:
             if ids is None:
-                return _ACTIVE_EXPERIMENTS
-            if len(ids) == 1:
-                return f"r.experiment_id = {params.add(ids[0], 'bigint')}"
-            return f"r.experiment_id = ANY({params.add(ids, 'bigint[]')})"
+                chosen = _ACTIVE_EXPERIMENTS
+            elif len(ids) == 1:
+                chosen = f"r.experiment_id = {params.add(ids[0], 'bigint')}"
+            else:
+                chosen = f"r.experiment_id = ANY({params.add(ids, 'bigint[]')})"
+            if reader is None:
+                return chosen
+            return f"{chosen} AND {readable_experiments('r.experiment_id', reader, params)}"
 
         search = _Search(
             entity=RUNS,
@@ -155,7 +173,9 @@ class SearchStore:
             scope=scope,
             where=where,
             keys=keys,
-            fingerprint=_fingerprint("runs", request.filter, request.order_by, ids, request.view_type),
+            fingerprint=_fingerprint(
+                "runs", request.filter, request.order_by, ids, request.view_type, _whose(reader)
+            ),
         )
         async with self._pool.acquire() as conn:
             if ids is not None:
@@ -171,17 +191,22 @@ class SearchStore:
         runs: list[Run] = [run_from_row(row) for row in rows]
         return RunList(runs=runs, next_page_token=token)
 
-    async def search_experiments(self, request: ExperimentSearch) -> ExperimentList:
-        """Experiments matching the filter; newest first unless order_by says otherwise."""
+    async def search_experiments(
+        self, request: ExperimentSearch, *, reader: Reader | None = None
+    ) -> ExperimentList:
+        """Experiments matching the filter that `reader` may read (all when None); newest first unless
+        order_by says otherwise."""
         where, keys = _parse(EXPERIMENTS, request.filter, request.order_by, [])
         search = _Search(
             entity=EXPERIMENTS,
             source="experiments e",
             columns=EXPERIMENT_COLUMNS,
-            scope=lambda params: "TRUE",
+            scope=lambda params: readable_experiments("e.experiment_id", reader, params),
             where=where,
             keys=keys,
-            fingerprint=_fingerprint("experiments", request.filter, request.order_by, request.view_type),
+            fingerprint=_fingerprint(
+                "experiments", request.filter, request.order_by, request.view_type, _whose(reader)
+            ),
         )
         async with self._pool.acquire() as conn:
             rows, token = await _page(

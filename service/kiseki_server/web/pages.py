@@ -4,6 +4,7 @@ queries per page, run concurrently), and hand plain data to a template."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pydantic
@@ -11,6 +12,8 @@ from aiohttp import web
 
 from kiseki.models import Run, RunList, RunSearch
 from kiseki_server.appkeys import STORES
+from kiseki_server.auth.middleware import AUTHORIZER
+from kiseki_server.auth.policy import READ, READ_HANDLER, READ_PATH, Access, Level
 from kiseki_server.errors import InvalidInput, KisekiError, validation_error
 from kiseki_server.http_io import query_str
 from kiseki_server.metric_codec import Points
@@ -50,11 +53,12 @@ async def experiments_page(request: web.Request) -> web.Response:
     if name:
         pattern = "%" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     page_token = query_str(request, "page_token") or None
+    reader = request.app[AUTHORIZER].reader(request)
     found = await request.app[STORES].experiments.search(
-        name_like=pattern, max_results=EXPERIMENTS_PAGE, page_token=page_token
+        name_like=pattern, max_results=EXPERIMENTS_PAGE, page_token=page_token, reader=reader
     )
     summaries = await request.app[STORES].browse.experiment_summaries(
-        [int(e.experiment_id) for e in found.experiments]
+        [int(e.experiment_id) for e in found.experiments], reader=reader
     )
     next_url = None
     if found.next_page_token:
@@ -94,7 +98,9 @@ async def experiment_page(request: web.Request) -> web.Response:
             page_token=q.page_token,
             view_type=q.view_type,
         )
-        runs = await request.app[STORES].search.search_runs(search)
+        runs = await request.app[STORES].search.search_runs(
+            search, reader=request.app[AUTHORIZER].reader(request)
+        )
     except pydantic.ValidationError as exc:
         filter_error = validation_error(exc)
     except InvalidInput as exc:
@@ -139,7 +145,9 @@ async def run_page(request: web.Request) -> web.Response:
     drawn = keys[:MAX_CHARTS]
     experiment, family, inputs, histories, listing = await asyncio.gather(
         stores.experiments.get(int(run.info.experiment_id)),
-        request.app[STORES].browse.family(run_id, run.info.parent_run_id),
+        request.app[STORES].browse.family(
+            run_id, run.info.parent_run_id, reader=request.app[AUTHORIZER].reader(request)
+        ),
         stores.datasets.of_runs([run_id]),
         stores.metrics.downsampled_many([(run_id, k) for k in drawn], max_points=CHART_POINTS),
         files.listing(
@@ -191,7 +199,10 @@ async def compare_page(request: web.Request) -> web.Response:
     if len(ids) > MAX_COMPARE:
         raise InvalidInput(f"compare at most {MAX_COMPARE} runs at a time, got {len(ids)}", field="runs")
     x = _x_axis(request)
-    runs = await request.app[STORES].browse.runs(ids)
+    authorizer = request.app[AUTHORIZER]
+    for run_id in ids:
+        await authorizer.require_run(request, run_id, Level.READ)
+    runs = await request.app[STORES].browse.runs(ids, reader=authorizer.reader(request))
     keys = sorted({k for run in runs for k in run.data.metrics})
     drawn = keys[:MAX_CHARTS]
     pairs = [(run.info.run_id, k) for k in drawn for run in runs if k in run.data.metrics]
@@ -269,10 +280,12 @@ def _with(request: web.Request, **changes: str) -> str:
     return views.url(request.path, [*query, *changes.items()])
 
 
-ROUTES = [
-    web.get("/", experiments_page),
-    web.get("/experiments/{experiment_id}", experiment_page),
-    web.get("/runs/{run_id}", run_page),
-    web.get("/runs/{run_id}/artifacts/download", artifact_download),
-    web.get("/compare", compare_page),
+ROUTES: list[tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]], Access]] = [
+    ("/", experiments_page, READ),
+    ("/experiments/{experiment_id}", experiment_page, READ_PATH),
+    ("/runs/{run_id}", run_page, READ_PATH),
+    ("/runs/{run_id}/artifacts/download", artifact_download, READ_PATH),
+    ("/compare", compare_page, READ_HANDLER),
 ]
+"""The GET pages and what each requires when authentication is on: the list shows only what the user
+may read, the path's experiment (or run's experiment) must be readable, and /compare checks each run."""

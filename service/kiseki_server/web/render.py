@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import aiohttp_jinja2
 from aiohttp import web
 
+from kiseki_server.auth.authorizer import principal_of
+from kiseki_server.auth.middleware import AUTHORIZER
 from kiseki_server.config import Settings
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,11 @@ def _secure(response: web.Response, csp: str) -> web.Response:
 def render(
     request: web.Request, template: str, context: Mapping[str, Any], *, status: int = 200
 ) -> web.Response:
-    response = aiohttp_jinja2.render_template(template, request, context, status=status)
+    """Every page also gets `viewer` (the request's principal) and `auth` (is sign-in on), for the
+    header's user name and sign-out form."""
+    authorizer = request.app.get(AUTHORIZER)
+    page = {"viewer": principal_of(request), "auth": bool(authorizer and authorizer.enabled), **context}
+    response = aiohttp_jinja2.render_template(template, request, page, status=status)
     return _secure(response, request.app[CSP])
 
 
