@@ -207,3 +207,11 @@ async def test_a_different_auth_secret_is_refused_not_silently_used(database_url
         assert await identities.auth_key(b"another secret") == b"another secret"
     finally:
         await pool.close()
+
+
+async def test_open_routes_ignore_a_bad_credential(aiohttp_client: Any, settings: Settings) -> None:
+    """The sign-in page (like signed data URLs) needs no credential, so a stale one does not block it."""
+    client = await aiohttp_client(create_app(auth_settings(settings)))
+    response = await client.get("/login", headers=bearer(credentials.new_token()))
+    assert response.status == 200
+    assert (await client.get("/api/v1/experiments", headers=bearer(credentials.new_token()))).status == 401

@@ -24,7 +24,13 @@ from aiohttp.web_urldispatcher import SystemRoute
 from kiseki_server.auth.authorizer import PRINCIPAL_KEY, Authorizer
 from kiseki_server.auth.policy import ANONYMOUS, Access, Principal, Scope
 from kiseki_server.config import Settings
-from kiseki_server.errors import Forbidden, NotFound, Unauthenticated, UnsupportedMediaType
+from kiseki_server.errors import (
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
 from kiseki_server.stores.experiments import parse_experiment_id
 from kiseki_server.stores.runs import parse_run_id
 
@@ -142,11 +148,16 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)  # 404 / 405 answers, health probes
     table = request.app[ROUTE_ACCESS]
     access = table.get(route, _UNREGISTERED)
-    principal = await authorizer.authenticate(request)
     if access is None:
+        # Open (sign-in page, static files, signed data URLs): who is calling only shapes the page.
+        try:
+            principal = await authorizer.authenticate(request)
+        except (Unauthenticated, TooManyRequests):
+            principal = None
         if principal is not None:
             request[PRINCIPAL_KEY] = principal
         return await handler(request)
+    principal = await authorizer.authenticate(request)
     if principal is None:
         if (
             request.method == "GET"
