@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import shutil
 import socket
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -80,21 +83,79 @@ def template_url(postgres_url: str) -> str:
     return with_database(postgres_url, TEMPLATE)
 
 
+class _Clones:
+    """Databases cloned from the template ahead of time, on a thread of their own. CREATE DATABASE costs
+    ~0.25 s here whatever the template (file work in Postgres, not Python), so making the next test's
+    database while the current test runs takes most of that off the suite's wall time."""
+
+    AHEAD = 2
+    DROP_AFTER = 2.0
+    """Seconds a finished test's database lingers: its app may close its pool after this fixture's
+    teardown (fixture order), and a forced drop must not cut the pool mid-close."""
+
+    def __init__(self, admin_url: str) -> None:
+        self._admin_url = admin_url
+        self._ready: queue.Queue[str] = queue.Queue(maxsize=self.AHEAD)
+        self._drops: queue.Queue[tuple[float, str] | None] = queue.Queue()
+        self._due: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._work()), daemon=True)
+        self._thread.start()
+
+    async def _work(self) -> None:
+        admin = await asyncpg.connect(self._admin_url)
+        try:
+            while not self._stop.is_set():
+                while not self._drops.empty():
+                    item = self._drops.get_nowait()
+                    if item:
+                        self._due.append(item)
+                now = time.monotonic()
+                for item in [d for d in self._due if d[0] <= now]:
+                    self._due.remove(item)
+                    await admin.execute(f"DROP DATABASE IF EXISTS {item[1]} WITH (FORCE)")
+                if self._ready.full():
+                    await asyncio.sleep(0.01)
+                    continue
+                name = f"kiseki_test_{uuid.uuid4().hex[:12]}"
+                await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+                self._ready.put(name)
+            while not self._ready.empty():
+                await admin.execute(f"DROP DATABASE IF EXISTS {self._ready.get_nowait()} WITH (FORCE)")
+            while not self._drops.empty():
+                item = self._drops.get_nowait()
+                if item:
+                    self._due.append(item)
+            for _, name in self._due:
+                await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+    def take(self) -> str:
+        return self._ready.get(timeout=60)
+
+    def drop(self, name: str) -> None:
+        self._drops.put((time.monotonic() + self.DROP_AFTER, name))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._drops.put(None)
+        self._thread.join(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def _clones(postgres_url: str, template_url: str) -> Iterator[_Clones]:
+    clones = _Clones(postgres_url)
+    yield clones
+    clones.close()
+
+
 @pytest.fixture
-async def database_url(postgres_url: str, template_url: str) -> AsyncIterator[str]:
-    """A freshly migrated database of its own for one test."""
-    name = f"kiseki_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    finally:
-        await admin.close()
+async def database_url(postgres_url: str, _clones: _Clones) -> AsyncIterator[str]:
+    """A freshly migrated database of its own for one test (cloned ahead of time)."""
+    name = await asyncio.to_thread(_clones.take)
     yield with_database(postgres_url, name)
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    _clones.drop(name)
 
 
 @pytest.fixture
@@ -109,7 +170,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def client(aiohttp_client, settings: Settings) -> TestClient:  # type: ignore[no-untyped-def]
+async def client(settings: Settings, aiohttp_client) -> TestClient:  # type: ignore[no-untyped-def]
     return await aiohttp_client(create_app(settings))
 
 
