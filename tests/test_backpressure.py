@@ -262,3 +262,11 @@ async def test_saturating_ingest_gets_503s_stores_what_it_accepts_and_reads_stay
         f"p95 {p95 * 1000:.1f} ms, max {times[-1] * 1000:.1f} ms; {statuses.count(503)} 503s"
     )
     assert p95 < 0.3, f"small GETs stay fast under saturating ingest: p95 {p95 * 1000:.0f} ms"
+
+
+def test_a_connection_postgres_terminated_while_idle_counts_as_lost() -> None:
+    """After pg_terminate_backend of an idle pooled connection asyncpg may report its protocol caught
+    mid-termination: that is a lost connection (503, retried), not a 500."""
+    lost = asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+    assert db._lost_connection(lost)
+    assert not db._lost_connection(asyncpg.InternalClientError("something else"))

@@ -42,7 +42,11 @@ class DatabaseUnavailable(ServiceUnavailable):
 def _lost_connection(exc: BaseException) -> bool:
     if isinstance(exc, LOST_CONNECTION_ERRORS):
         return True
-    # asyncpg says "connection is closed" (an InterfaceError) when a query meets a connection that died.
+    # asyncpg says "connection is closed" (an InterfaceError) when a query meets a connection that died,
+    # and, when Postgres terminated it while it sat idle in the pool, may instead find its protocol in
+    # the middle of that termination ("cannot switch to state …; another operation … is in progress").
+    if isinstance(exc, asyncpg.InternalClientError):
+        return "another operation" in str(exc)
     return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
 
 
